@@ -363,7 +363,10 @@ class LossOutput:
 
     def __post_init__(self) -> None:
         _check(isinstance(self.loss, Tensor), "LossOutput.loss must be a tensor")
-        _check(self.loss.ndim == 0, f"LossOutput.loss must be a scalar, got shape {tuple(self.loss.shape)}")
+        _check(
+            self.loss.ndim == 0,
+            f"LossOutput.loss must be a scalar, got shape {tuple(self.loss.shape)}",
+        )
         self.metrics = {k: float(v) for k, v in self.metrics.items()}
 
 

@@ -1,0 +1,277 @@
+"""The teacher-signal cache: run the teacher once, replay sparse top-k signals.
+
+Layout of a cache directory:
+    index.json              version, teacher description, k, hidden states, tokenizer
+                            identity, item count, and one entry per shard
+                            (file, ids, sha256); `complete` once every item is in
+    tokenizer_pieces.json   the teacher tokenizer's pieces (for cross-tokenizer losses)
+    shard_00000.safetensors per item i of the shard: `{i}.topk_values` [n, k] fp16,
+                            `{i}.topk_indices` [n, k] int32, `{i}.token_ids` [n] int32,
+                            `{i}.offsets` [n, 2] int32, `{i}.logsumexp` [n] fp32 and the
+                            requested hidden states (fp16), `{i}.qformer_mask` [w] uint8
+
+Items are processed in annotation order; shard j holds items [j*S, (j+1)*S). Each shard
+and then the index are written atomically, so an interrupted run resumes at the first
+missing shard. `verify_cache` re-hashes every shard and checks counts and ids.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from distill.contracts import TeacherSignals
+
+CACHE_VERSION = 1
+HIDDEN_NAMES = ("llm_hidden", "qformer", "speech", "audio")
+
+
+class CacheError(RuntimeError):
+    """The cache is missing, incomplete, corrupt, or does not match the request."""
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _atomic_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(".json.part")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
+def item_tensors(signals: TeacherSignals, i: int) -> dict[str, torch.Tensor]:
+    """The cached tensors of batch item `i`, trimmed to its answer length."""
+    if not signals.is_sparse:
+        raise CacheError("cache expects sparse top-k signals; build the teacher with topk=K")
+    n = int(signals.mask[i].sum())
+    out = {
+        "topk_values": signals.topk_values[i, :n].to(torch.float16),
+        "topk_indices": signals.topk_indices[i, :n].to(torch.int32),
+        "token_ids": signals.token_ids[i, :n].to(torch.int32),
+    }
+    if signals.offsets is not None:
+        out["offsets"] = signals.offsets[i, :n].to(torch.int32)
+    if signals.logsumexp is not None:
+        out["logsumexp"] = signals.logsumexp[i, :n].float()
+    if signals.llm_hidden is not None:
+        out["llm_hidden"] = signals.llm_hidden[i, :n].to(torch.float16)
+    for name in ("qformer", "speech", "audio"):
+        x = getattr(signals, name)
+        if x is not None:
+            out[name] = x[i].to(torch.float16)
+    if signals.qformer_mask is not None:
+        out["qformer_mask"] = signals.qformer_mask[i].to(torch.uint8)
+    return {k: v.detach().contiguous().cpu() for k, v in out.items()}
+
+
+def build_cache(
+    teacher,
+    items: list,
+    out_dir: str | Path,
+    *,
+    topk: int = 64,
+    batch_size: int = 8,
+    shard_size: int = 256,
+    description: str = "",
+    progress: bool = True,
+) -> Path:
+    """Run `teacher.signals` over `items` once and write the shards (resumable).
+
+    Args:
+        teacher: object with `signals(batch)`; its `topk` attribute, when present, is set to `topk`.
+        items: annotation items (`distill.data` Items) in a fixed order.
+        out_dir: cache directory (created; an existing partial cache is resumed).
+        topk: logits kept per position (fp16 values, int32 indices).
+        batch_size: teacher batch size.
+        shard_size: items per shard (must be a multiple of batch_size to keep shards aligned).
+    """
+    from tqdm.auto import tqdm
+
+    from distill.data.dataset import AudioDataset, collate
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if shard_size % batch_size:
+        raise ValueError(f"shard_size {shard_size} must be a multiple of batch_size {batch_size}")
+    if hasattr(teacher, "topk"):
+        teacher.topk = topk
+    ids = [it.id for it in items]
+    if len(set(ids)) != len(ids):
+        dupes = sorted({i for i in ids if ids.count(i) > 1})[:5]
+        raise CacheError(f"item ids must be unique to cache them; duplicates: {dupes}")
+    index_path = out / "index.json"
+    index = json.loads(index_path.read_text()) if index_path.is_file() else None
+    request = {
+        "topk": topk,
+        "num_items": len(items),
+        "shard_size": shard_size,
+        "ids_sha": _ids_sha(ids),
+    }
+    if index is not None and any(index.get(k) != v for k, v in request.items()):
+        raise CacheError(
+            f"{index_path} was built for a different request "
+            f"({ {k: index.get(k) for k in request} } vs {request}); use a new --out directory"
+        )
+    if index is None:
+        index = {
+            "version": CACHE_VERSION,
+            "teacher": description,
+            **request,
+            "shards": [],
+            "complete": False,
+        }
+    done = {
+        s["file"]
+        for s in index["shards"]
+        if (out / s["file"]).is_file() and _sha256(out / s["file"]) == s["sha256"]
+    }
+    index["shards"] = [s for s in index["shards"] if s["file"] in done]
+    num_shards = (len(items) + shard_size - 1) // shard_size
+    bar = tqdm(total=len(items), desc="teacher cache", unit="item", disable=not progress)
+    bar.update(sum(len(s["ids"]) for s in index["shards"]))
+    for j in range(num_shards):
+        name = f"shard_{j:05d}.safetensors"
+        if name in done:
+            continue
+        chunk = items[j * shard_size : (j + 1) * shard_size]
+        tensors: dict[str, torch.Tensor] = {}
+        for start in range(0, len(chunk), batch_size):
+            sub = chunk[start : start + batch_size]
+            # every cached item must load: a bad file is an error here, not a silent skip
+            loader = AudioDataset(sub, require_text=False)
+            batch = collate([loader.load(i) for i in range(len(sub))])
+            with torch.no_grad():
+                signals = teacher.signals(batch)
+            if signals.ids is not None and list(signals.ids) != [it.id for it in sub]:
+                raise CacheError("teacher returned signals for different ids than the batch")
+            _remember_tokenizer(out, index, signals)
+            for i in range(len(sub)):
+                for key, value in item_tensors(signals, i).items():
+                    tensors[f"{start + i}.{key}"] = value
+            bar.update(len(sub))
+        tmp = out / (name + ".part")
+        save_file(tensors, tmp)
+        os.replace(tmp, out / name)
+        index["shards"].append(
+            {"file": name, "ids": [it.id for it in chunk], "sha256": _sha256(out / name)}
+        )
+        index["shards"].sort(key=lambda s: s["file"])
+        _atomic_json(index_path, index)
+    bar.close()
+    index["complete"] = True
+    _atomic_json(index_path, index)
+    verify_cache(out)
+    return out
+
+
+def _ids_sha(ids: list[str]) -> str:
+    return hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
+
+
+def _remember_tokenizer(out: Path, index: dict, signals: TeacherSignals) -> None:
+    info = signals.tokenizer
+    if "vocab_size" not in index:
+        index["vocab_size"] = int(signals.vocab_size)
+        index["hidden"] = [h for h in HIDDEN_NAMES if getattr(signals, h) is not None]
+    if info is not None and "tokenizer" not in index:
+        index["tokenizer"] = {"name": info.name, "fingerprint": info.fingerprint}
+        _atomic_json(out / "tokenizer_pieces.json", list(info.pieces))
+
+
+def verify_cache(cache_dir: str | Path) -> dict[str, Any]:
+    """Check completeness, counts, ids and checksums; raise `CacheError` naming the problem."""
+    root = Path(cache_dir)
+    index_path = root / "index.json"
+    if not index_path.is_file():
+        raise CacheError(f"{root} is not a teacher cache: no index.json")
+    index = json.loads(index_path.read_text())
+    if not index.get("complete"):
+        raise CacheError(
+            f"{root} is incomplete: rerun `distill cache` with the same arguments to resume"
+        )
+    ids = [i for s in index["shards"] for i in s["ids"]]
+    if len(ids) != index["num_items"]:
+        raise CacheError(f"{root}: index lists {len(ids)} items, expected {index['num_items']}")
+    if len(set(ids)) != len(ids):
+        raise CacheError(f"{root}: duplicate ids in the index")
+    if _ids_sha(ids) != index["ids_sha"]:
+        raise CacheError(f"{root}: item ids/order do not match the request recorded in index.json")
+    for shard in index["shards"]:
+        path = root / shard["file"]
+        if not path.is_file():
+            raise CacheError(f"{root}: shard {shard['file']} is missing")
+        if _sha256(path) != shard["sha256"]:
+            raise CacheError(f"{root}: shard {shard['file']} is corrupt (checksum mismatch)")
+    return index
+
+
+# ---- CLI --------------------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--teacher",
+        required=True,
+        help="AudioLLM dir (save_pretrained) or recipe YAML with a `teacher:` node",
+    )
+    parser.add_argument("--data", required=True, nargs="+", help="SALMONN annotation JSON file(s)")
+    parser.add_argument("--out", required=True, help="cache directory (resumed if it exists)")
+    parser.add_argument("--topk", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--shard-size", type=int, default=256)
+    parser.add_argument("--hidden", nargs="*", default=[], choices=list(HIDDEN_NAMES))
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--dtype", default="float32")
+
+
+def run(args: argparse.Namespace) -> int:
+    import yaml
+
+    from distill._instantiate import instantiate
+    from distill.data.annotations import read_annotations
+
+    items = [it for path in args.data for it in read_annotations(path)]
+    teacher_path = Path(args.teacher)
+    if not teacher_path.exists():
+        raise SystemExit(f"--teacher {teacher_path} does not exist")
+    if teacher_path.suffix in (".yaml", ".yml"):
+        node = (yaml.safe_load(teacher_path.read_text()) or {}).get("teacher")
+        if not node:
+            raise SystemExit(f"{teacher_path}: no `teacher:` component node")
+        teacher = instantiate(node)
+    else:
+        teacher = instantiate(
+            {
+                "_component_": "teachers.AudioLLMTeacher",
+                "path": str(teacher_path),
+                "dtype": args.dtype,
+                "device": args.device,
+            }
+        )
+    if hasattr(teacher, "hidden"):
+        teacher.hidden = tuple(args.hidden)
+    out = build_cache(
+        teacher,
+        items,
+        args.out,
+        topk=args.topk,
+        batch_size=args.batch_size,
+        shard_size=args.shard_size,
+        description=str(args.teacher),
+    )
+    print(f"cache written and verified: {out}")
+    return 0
+
+
+def load_shard(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(path)

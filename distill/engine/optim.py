@@ -1,0 +1,86 @@
+"""AdamW parameter groups and the warm-up + cosine schedule (SALMONN's recipe).
+
+No weight decay on 1-D parameters, biases and norms. Parameter groups may carry
+their own learning-rate multiplier, chosen by name prefix (e.g. a faster encoder).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+
+import torch
+from torch import nn
+
+
+def no_decay(name: str, param: torch.Tensor) -> bool:
+    """1-D tensors (norm scales, biases), and anything named like a norm or bias."""
+    lowered = name.lower()
+    return param.ndim < 2 or lowered.endswith(".bias") or "norm" in lowered or "ln_" in lowered
+
+
+def param_groups(
+    named: Iterable[tuple[str, nn.Parameter]],
+    *,
+    lr: float,
+    weight_decay: float,
+    lr_multipliers: Mapping[str, float] | None = None,
+) -> list[dict]:
+    """Split trainable parameters into AdamW groups.
+
+    Args:
+        named: (name, parameter) pairs; frozen ones are skipped.
+        lr: base learning rate.
+        weight_decay: decay for matrices; 1-D/bias/norm parameters get 0.
+        lr_multipliers: name prefix -> multiplier of `lr`; the longest matching prefix wins.
+
+    Returns:
+        AdamW parameter groups, each with "name", "params", "lr" and "weight_decay".
+    """
+    lr_multipliers = dict(lr_multipliers or {})
+    buckets: dict[tuple[float, bool], list] = {}
+    for name, param in named:
+        if not param.requires_grad:
+            continue
+        matches = [p for p in lr_multipliers if name.startswith(p)]
+        mult = lr_multipliers[max(matches, key=len)] if matches else 1.0
+        buckets.setdefault((mult, no_decay(name, param)), []).append(param)
+    groups = []
+    for (mult, nd), params in sorted(buckets.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+        groups.append(
+            {
+                "name": f"lr_x{mult:g}" + ("_no_decay" if nd else ""),
+                "params": params,
+                "lr": lr * mult,
+                "weight_decay": 0.0 if nd else weight_decay,
+            }
+        )
+    if not groups:
+        raise ValueError("no trainable parameters: the student and the losses are all frozen")
+    return groups
+
+
+def warmup_cosine(step: int, *, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
+    """LR multiplier: linear warm-up from ~0 to 1, then cosine decay to `min_ratio`."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    span = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / span)
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_optimizer(
+    groups: list[dict], *, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8
+) -> torch.optim.AdamW:
+    return torch.optim.AdamW(groups, betas=betas, eps=eps)
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, *, warmup_steps: int, total_steps: int, min_ratio: float = 0.0
+) -> torch.optim.lr_scheduler.LambdaLR:
+    def fn(step: int) -> float:
+        return warmup_cosine(
+            step, warmup_steps=warmup_steps, total_steps=total_steps, min_ratio=min_ratio
+        )
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, fn)

@@ -1,0 +1,403 @@
+"""`AudioLLM`: the SALMONN-style audio language model (teacher and student alike).
+
+Glossary: b batch, s samples, t encoder frames, c fused channels, w audio tokens
+(windows x queries), h Q-Former hidden, d LLM hidden, N full sequence, n answer tokens, v vocab.
+
+waveform -> Whisper log-mel -> `speech_encoder` -> `ln_speech`            [b, t, d_whisper]
+waveform -> `beats` (BEATs or CED, optional) -> `ln_audio`                [b, t', d_audio]
+zero-pad the shorter in time, concat channels                             [b, t, c]
+windows of 17 frames -> `speech_Qformer` with `speech_query_tokens`       [b, w, h]
+`speech_llama_proj`                                                       [b, w, d]
+splice into [BOS] USER: <Speech> ... </Speech> {instruction}\\nASSISTANT: answer end_sym
+-> `llama_model` (HF causal LM + peft LoRA)
+
+Attribute names are SALMONN's, so its checkpoints map by name (see `salmonn.py`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Collection
+from functools import cached_property
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from distill.contracts import HIDDEN_FIELDS, AudioBatch, ModelOutputs, TokenizerInfo
+from distill.modeling import prompt as P
+from distill.modeling.config import AudioLLMConfig
+from distill.modeling.llm import add_lora, base_causal_lm, build_llm, llm_hidden_size, torch_dtype
+from distill.modeling.qformer import (
+    WindowQFormer,
+    count_windows,
+    split_windows,
+    window_mask,
+    window_size,
+)
+from distill.modeling.whisper import (
+    build_log_mel,
+    build_whisper_encoder,
+    speech_frame_lengths,
+    whisper_frames_per_second,
+)
+
+
+class AudioLLM(nn.Module):
+    """Whisper [+ BEATs/CED] -> window-level Q-Former -> projection -> LLM with LoRA.
+
+    Args:
+        config: the model's `AudioLLMConfig`.
+        device: where to put the model after building (built on CPU first).
+        meta: build every parameter on the meta device (no memory, no weights read);
+            for counting parameters and listing keys of large models in seconds.
+    """
+
+    def __init__(self, config: AudioLLMConfig, *, device=None, meta: bool = False) -> None:
+        super().__init__()
+        self.config = config
+        self.meta = meta
+        tok_path = config.resolved_tokenizer_path
+        self.tokenizer = None
+        if tok_path is not None:
+            try:
+                self.tokenizer = P.load_tokenizer(tok_path, config.trust_remote_code)
+            except (OSError, ValueError):
+                if not meta:
+                    raise
+        with torch.device("meta") if meta else contextlib.nullcontext():
+            self._build(load_weights=not meta)
+        self.to(torch_dtype(config.dtype))
+        self._freeze()
+        if device is not None and not meta:
+            self.to(device)
+        self._prompt_cache: dict[str, list[int]] = {}
+
+    # ------------------------------------------------------------------ build
+    def _build(self, load_weights: bool) -> None:
+        cfg = self.config
+        self.speech_encoder = build_whisper_encoder(
+            cfg.whisper_path, cfg.whisper_config, load_weights=load_weights
+        )
+        wcfg = self.speech_encoder.config
+        self.log_mel = build_log_mel(wcfg)
+        self.ln_speech = nn.LayerNorm(wcfg.d_model)
+        width = wcfg.d_model
+        if cfg.audio_encoder is not None:
+            from distill.modeling.audio_encoder import build_audio_encoder
+
+            self.beats = build_audio_encoder(
+                cfg.audio_encoder, config=cfg.audio_encoder_config, path=cfg.audio_encoder_path
+            )
+            audio_width = _encoder_width(self.beats)
+            self.ln_audio = nn.LayerNorm(audio_width)
+            width += audio_width
+        else:
+            self.beats = None
+            self.ln_audio = None
+        self.speech_Qformer = WindowQFormer(
+            cfg.qformer_hidden, cfg.qformer_layers, cfg.qformer_heads, cfg.qformer_ffn, width
+        )
+        self.speech_Qformer.apply(_init_bert)
+        self.speech_query_tokens = nn.Parameter(
+            torch.zeros(1, cfg.num_speech_query_token, cfg.qformer_hidden).normal_(std=0.02)
+        )
+        llm = build_llm(cfg, load_weights=load_weights)
+        if (
+            self.tokenizer is not None
+            and len(self.tokenizer) > llm.get_input_embeddings().num_embeddings
+        ):
+            llm.resize_token_embeddings(len(self.tokenizer))  # SALMONN adds [PAD] and resizes
+        self.speech_llama_proj = nn.Linear(cfg.qformer_hidden, llm_hidden_size(llm))
+        self.llama_model = add_lora(llm, cfg)
+        fps = whisper_frames_per_second(wcfg)
+        self.window_kernel = window_size(fps, cfg.second_per_window)
+        self.window_stride = window_size(fps, cfg.second_stride)
+
+    def _freeze(self) -> None:
+        frozen = [self.speech_encoder] if self.config.freeze_whisper else []
+        if self.beats is not None and self.config.freeze_audio_encoder:
+            frozen.append(self.beats)
+        for module in frozen:
+            for p in module.parameters():
+                p.requires_grad_(False)
+            module.eval()
+
+    def train(self, mode: bool = True) -> AudioLLM:
+        """Train mode everywhere except the frozen encoders, which stay in eval (as SALMONN)."""
+        super().train(mode)
+        if self.config.freeze_whisper:
+            self.speech_encoder.eval()
+        if self.beats is not None and self.config.freeze_audio_encoder:
+            self.beats.eval()
+        return self
+
+    # ------------------------------------------------------------- properties
+    @property
+    def device(self) -> torch.device:
+        return self.speech_query_tokens.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.speech_query_tokens.dtype
+
+    @cached_property
+    def tokenizer_info(self) -> TokenizerInfo:
+        self._need_tokenizer()
+        return P.make_tokenizer_info(self.tokenizer, self.config.name + ":" + _tok_name(self))
+
+    @cached_property
+    def end_ids(self) -> list[int]:
+        self._need_tokenizer()
+        return P.end_sym_ids(self.tokenizer, self.config.end_sym)
+
+    def num_windows(self, num_samples: int) -> int:
+        """Audio tokens the LLM sees for a clip (88 for any clip up to 30 s with real Whisper).
+
+        Whisper always encodes its fixed input window, so this is constant for clips within it.
+        """
+        t = self.speech_encoder.config.max_source_positions
+        q = self.config.num_speech_query_token
+        return count_windows(t, self.window_kernel, self.window_stride) * q
+
+    def count_answer_tokens(self, batch: AudioBatch) -> int:
+        """Answer tokens (with end_sym, after truncation) that `forward` will score."""
+        answers = P.tokenize_answers(
+            self.tokenizer, batch.answers, self.end_ids, self.config.max_txt_len, batch.ids
+        )
+        return sum(len(a.ids) for a in answers)
+
+    def trainable_state_dict(self) -> dict[str, Tensor]:
+        """Trainable parameters and all persistent buffers (what SALMONN saves)."""
+        frozen = {n for n, p in self.named_parameters() if not p.requires_grad}
+        return {k: v for k, v in self.state_dict().items() if k not in frozen}
+
+    # ------------------------------------------------------------------ audio
+    def encode_audio(self, batch: AudioBatch) -> tuple[Tensor, Tensor]:
+        """Audio tokens in the LLM's embedding space.
+
+        Returns:
+            embeds [b, w, d] and window mask [b, w] (True where the window holds real audio).
+        """
+        enc = self._encode(batch)
+        return enc["embeds"], enc["mask"]
+
+    def _encode(self, batch: AudioBatch) -> dict[str, Tensor]:
+        wav = batch.waveforms.to(self.device)
+        lengths = batch.lengths.to(self.device)
+        mel = self.log_mel(wav, lengths).to(self.dtype)  # [b, m, f]
+        speech = self.ln_speech(self.speech_encoder(mel).last_hidden_state)  # [b, t, d_w]
+        out = {"speech": speech}
+        fused = speech
+        if self.beats is not None:
+            pad = torch.arange(wav.shape[1], device=wav.device)[None, :] >= lengths[:, None]
+            audio, _ = self.beats.extract_features(wav.to(self.dtype), pad)
+            audio = self.ln_audio(audio)  # [b, t', d_a]
+            out["audio"] = audio
+            t = max(speech.shape[1], audio.shape[1])
+            fused = torch.cat(
+                [
+                    F.pad(speech, (0, 0, 0, t - speech.shape[1])),
+                    F.pad(audio, (0, 0, 0, t - audio.shape[1])),
+                ],
+                dim=-1,
+            )
+        windows = split_windows(fused, self.window_kernel, self.window_stride)  # [b, w, k, c]
+        qformer = self.speech_Qformer(self.speech_query_tokens, windows)  # [b, w*q, h]
+        real = speech_frame_lengths(lengths, self.speech_encoder.config)
+        out["qformer"] = qformer
+        out["mask"] = window_mask(
+            real, windows.shape[1], self.window_stride, self.config.num_speech_query_token
+        )
+        out["embeds"] = self.speech_llama_proj(qformer)
+        return out
+
+    # ----------------------------------------------------------------- splice
+    def _tokens(self, text: str) -> list[int]:
+        ids = self._prompt_cache.get(text)
+        if ids is None:
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            self._prompt_cache[text] = ids
+        return ids
+
+    def _prompt_ids(self, instruction: str) -> tuple[list[int], list[int]]:
+        before, after = P.split_prompt(self.config.prompt_template, instruction)
+        bos = self.tokenizer.bos_token_id
+        return ([bos] if bos is not None else []) + self._tokens(before), self._tokens(after)
+
+    def prepare_inputs(
+        self, batch: AudioBatch, with_answer: bool = False, audio: dict | None = None
+    ) -> dict:
+        """LLM inputs for a batch: prompt (+ answer) embeddings with the audio spliced in.
+
+        Args:
+            batch: the batch.
+            with_answer: append answer + end_sym and right-pad (training); otherwise the
+                prompt alone, left-padded (generation / prefill).
+            audio: precomputed `_encode(batch)` output (internal).
+
+        Returns:
+            dict with inputs_embeds [b, N, d], attention_mask [b, N] long, audio (the
+            `_encode` dict) and, with_answer: answer_pos [b, n] (sequence index of each
+            answer token), answer_ids [b, n], answer_mask [b, n] bool, offsets [b, n, 2].
+        """
+        self._need_tokenizer()
+        audio = audio if audio is not None else self._encode(batch)
+        embeds = audio["embeds"]  # [b, w, d]
+        b, w, _ = embeds.shape
+        answers = None
+        if with_answer:
+            answers = P.tokenize_answers(
+                self.tokenizer, batch.answers, self.end_ids, self.config.max_txt_len, batch.ids
+            )
+        rows, slots = [], []
+        for i, instruction in enumerate(batch.prompts):
+            pre, post = self._prompt_ids(instruction)
+            tail = post + (answers[i].ids if answers else [])
+            rows.append(pre + [-1] * w + tail)
+            slots.append(len(pre))
+        N = max(len(r) for r in rows)
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        ids = torch.full((b, N), -2, dtype=torch.long)
+        starts = []
+        for i, r in enumerate(rows):
+            start = 0 if with_answer else N - len(r)
+            ids[i, start : start + len(r)] = torch.tensor(r, dtype=torch.long)
+            starts.append(start)
+        ids = ids.to(self.device)
+        attention = (ids != -2).long()
+        is_audio = ids == -1
+        tok_embeds = self.llama_model.get_input_embeddings()(
+            ids.clamp(min=0).masked_fill(ids == -2, pad_id)
+        )
+        inputs = tok_embeds.masked_scatter(is_audio[..., None], embeds.to(tok_embeds.dtype))
+        out = {"inputs_embeds": inputs, "attention_mask": attention, "audio": audio}
+        if with_answer:
+            n = max(len(a.ids) for a in answers)
+            pos = torch.zeros(b, n, dtype=torch.long)
+            tgt = torch.zeros(b, n, dtype=torch.long)
+            offs = torch.zeros(b, n, 2, dtype=torch.long)
+            mask = torch.zeros(b, n, dtype=torch.bool)
+            for i, a in enumerate(answers):
+                k = len(a.ids)
+                first = len(rows[i]) - k + starts[i]
+                pos[i, :k] = torch.arange(first, first + k)
+                tgt[i, :k] = torch.tensor(a.ids)
+                offs[i, :k] = torch.tensor(a.offsets, dtype=torch.long).reshape(k, 2)
+                mask[i, :k] = True
+            dev = self.device
+            out.update(
+                answer_pos=pos.to(dev),
+                answer_ids=tgt.to(dev),
+                answer_mask=mask.to(dev),
+                offsets=offs.to(dev),
+            )
+        return out
+
+    # ---------------------------------------------------------------- forward
+    def forward(self, batch: AudioBatch, hidden: Collection[str] = ()) -> ModelOutputs:
+        """Teacher-forced pass; logits only on the answer span.
+
+        Args:
+            batch: the batch (answers are the targets).
+            hidden: any of "llm_hidden", "qformer", "speech", "audio" to return as well.
+
+        Returns:
+            `ModelOutputs` with logits [b, n, v] (row j predicts token_ids[:, j]), mask,
+            token_ids, offsets, tokenizer, ids and the requested hidden states.
+        """
+        unknown = set(hidden) - set(HIDDEN_FIELDS)
+        if unknown:
+            raise ValueError(f"unknown hidden state(s) {sorted(unknown)}; expected {HIDDEN_FIELDS}")
+        inp = self.prepare_inputs(batch, with_answer=True)
+        lm = base_causal_lm(self.llama_model)
+        body = lm.get_decoder()(
+            inputs_embeds=inp["inputs_embeds"],
+            attention_mask=inp["attention_mask"],
+            use_cache=False,
+        ).last_hidden_state  # [b, N, d]
+        pred_pos = (inp["answer_pos"] - 1).clamp(min=0)  # position i predicts token i + 1
+        h = torch.gather(body, 1, pred_pos[..., None].expand(-1, -1, body.shape[-1]))  # [b, n, d]
+        logits = lm.get_output_embeddings()(h)  # [b, n, v]
+        mask = inp["answer_mask"]
+        audio = inp["audio"]
+        extra = {}
+        if "llm_hidden" in hidden:
+            extra["llm_hidden"] = h
+        if "qformer" in hidden:
+            extra.update(qformer=audio["qformer"], qformer_mask=audio["mask"])
+        if "speech" in hidden:
+            extra["speech"] = audio["speech"]
+        if "audio" in hidden and "audio" in audio:
+            extra["audio"] = audio["audio"]
+        return ModelOutputs(
+            logits=logits,
+            mask=mask,
+            token_ids=inp["answer_ids"].masked_fill(~mask, 0),
+            offsets=inp["offsets"],
+            tokenizer=self.tokenizer_info,
+            ids=list(batch.ids),
+            **extra,
+        )
+
+    @torch.no_grad()
+    def generate(
+        self, batch: AudioBatch, *, num_beams: int = 1, max_new_tokens: int = 64, **kw
+    ) -> list[str]:
+        """Decode answers (greedy for num_beams=1, else beam search); stripped texts."""
+        from distill.modeling.generation import generate_text
+
+        return generate_text(self, batch, num_beams=num_beams, max_new_tokens=max_new_tokens, **kw)
+
+    # ------------------------------------------------------------- save/load
+    def save_pretrained(self, path, *, trainable_only: bool = True) -> None:
+        """Write model.safetensors + config.json + tokenizer/ (see `checkpoint.py`)."""
+        from distill.modeling.checkpoint import save_pretrained
+
+        save_pretrained(self, path, trainable_only=trainable_only)
+
+    @classmethod
+    def from_pretrained(cls, path, *, device=None) -> AudioLLM:
+        """Rebuild a model saved with `save_pretrained` and load its weights."""
+        from distill.modeling.checkpoint import from_pretrained
+
+        return from_pretrained(path, device=device)
+
+    def _need_tokenizer(self) -> None:
+        if self.tokenizer is None:
+            raise RuntimeError(
+                f"AudioLLM {self.config.name!r} has no tokenizer (tokenizer_path="
+                f"{self.config.resolved_tokenizer_path!r}); meta models cannot run"
+            )
+
+
+def _tok_name(model: AudioLLM) -> str:
+    import os
+
+    path = model.config.resolved_tokenizer_path or ""
+    return os.path.basename(os.path.normpath(path)) or "tokenizer"
+
+
+def _encoder_width(encoder: nn.Module) -> int:
+    """Output width of an audio encoder (BEATs or CED module from audio_encoder.py)."""
+    for attr in ("dim", "output_dim", "embed_dim", "out_dim", "hidden_size"):
+        value = getattr(encoder, attr, None)
+        if isinstance(value, int):
+            return value
+    cfg = getattr(encoder, "cfg", None) or getattr(encoder, "config", None)
+    for attr in ("encoder_embed_dim", "embed_dim", "hidden_size"):
+        value = getattr(cfg, attr, None) if cfg is not None else None
+        if isinstance(value, int):
+            return value
+    raise AttributeError(f"cannot tell the output width of audio encoder {type(encoder).__name__}")
+
+
+def _init_bert(module: nn.Module) -> None:
+    """BERT initialisation (normal 0.02, zero bias, unit LayerNorm), as BLIP-2's Q-Former."""
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)

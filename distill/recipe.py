@@ -1,0 +1,282 @@
+"""`Recipe`: one typed dataclass that says what to distil, from what, and how.
+
+YAML only fills the dataclass. Swappable parts (student, teacher, loss) are
+component nodes named by dotted path (`_component_: losses.DDAT`); `distill`
+instantiates them without importing any plug-in package by name.
+
+    recipe = Recipe.from_yaml("recipes/configs/ddat_tiny.yaml", overrides=["optim.lr=3e-4"])
+    recipe.fit()        # train (resumable); writes OUTPUT/checkpoints, train_log.jsonl, model/
+    recipe.evaluate()   # student (and teacher) on the test split -> OUTPUT/eval/metrics.json
+    recipe.report()     # OUTPUT/report/report.{md,html}
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+from distill._instantiate import ConfigError
+
+
+@dataclass
+class DataConfig:
+    """Where the examples come from and how they are sampled."""
+
+    train: list[str] = field(default_factory=list)  # stage-1 SALMONN annotation JSON files
+    stage2: list[str] = field(default_factory=list)  # stage-2 files; empty = one stage
+    stage2_start: int = 0  # optimizer step at which stage 2 replaces stage 1
+    replay_fraction: float = 0.0  # share of stage-1 items replayed into stage 2
+    valid: str | None = None  # annotation JSON for validation loss / accuracy
+    test: str | None = None  # annotation or test-file JSON for `evaluate()`
+    synth: dict | None = (
+        None  # make the synthetic corpus (distill.data.synth kwargs) and use its splits
+    )
+    batch_size: int = 8  # per process and micro-batch; global = batch_size * processes * grad_accum
+    num_workers: int = 0  # DataLoader workers; audio decoding is the CPU cost
+    trim_fraction: float = 0.05  # drop this share of the shortest and of the longest clips
+    stratify_text_length: bool = False  # balance batches over text-length deciles
+    max_seconds: float = 30.0  # audio is cut here (SALMONN: 30 s)
+    max_bad_fraction: float = 0.05  # fail instead of training when more items are unreadable
+
+    def __post_init__(self) -> None:
+        for name in ("train", "stage2"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                setattr(self, name, [value])
+        _require(0.0 <= self.replay_fraction <= 1.0, "data.replay_fraction must be in [0, 1]")
+        _require(0.0 <= self.trim_fraction < 0.5, "data.trim_fraction must be in [0, 0.5)")
+        _require(self.batch_size >= 1, "data.batch_size must be >= 1")
+        _require(self.num_workers >= 0, "data.num_workers must be >= 0")
+        _require(0.0 <= self.max_bad_fraction <= 1.0, "data.max_bad_fraction must be in [0, 1]")
+
+
+@dataclass
+class OptimConfig:
+    """AdamW + linear warm-up + cosine decay (SALMONN's schedule)."""
+
+    lr: float = 1e-4  # peak learning rate
+    min_lr_ratio: float = 0.1  # cosine floor as a share of lr
+    weight_decay: float = 0.05  # matrices only; 1-D, biases and norms get none
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 100  # without warm-up small AudioLLMs collapse to the text prior
+    max_steps: int = 1000  # optimizer steps
+    grad_accum: int = 1  # micro-batches per optimizer step
+    clip_grad_norm: float | None = 1.0  # None disables clipping
+    mixed_precision: str = "no"  # "no" | "bf16" | "fp16", passed to accelerate
+    lr_multipliers: dict[str, float] = field(default_factory=dict)  # name prefix -> lr multiplier
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(self.betas)
+        _require(self.lr > 0, "optim.lr must be > 0")
+        _require(0.0 <= self.min_lr_ratio <= 1.0, "optim.min_lr_ratio must be in [0, 1]")
+        _require(self.max_steps >= 1, "optim.max_steps must be >= 1")
+        _require(self.warmup_steps >= 0, "optim.warmup_steps must be >= 0")
+        _require(self.grad_accum >= 1, "optim.grad_accum must be >= 1")
+        _require(
+            self.mixed_precision in ("no", "bf16", "fp16"),
+            f"optim.mixed_precision must be no/bf16/fp16, got {self.mixed_precision!r}",
+        )
+
+
+@dataclass
+class TrainConfig:
+    """Logging, validation and checkpoint cadence."""
+
+    log_every: int = 10  # steps between log lines (JSONL + trackers)
+    eval_every: int = 0  # steps between validation passes; 0 = only at the end
+    eval_batches: int = 20  # validation batches per pass (bounded cost)
+    save_every: int = 500  # steps between checkpoints; the last step is always saved
+    keep_last: int = 2  # checkpoints kept on disk
+    resume: str = "auto"  # "auto" (latest checkpoint if any), "never", or a checkpoint path
+    trackers: list[str] = field(default_factory=lambda: ["tensorboard"])  # accelerate trackers
+    progress: bool = True  # tqdm progress bar
+
+    def __post_init__(self) -> None:
+        _require(self.log_every >= 1, "train.log_every must be >= 1")
+        _require(self.save_every >= 1, "train.save_every must be >= 1")
+
+
+@dataclass
+class EvalConfig:
+    """Decoding and efficiency settings for `Recipe.evaluate`."""
+
+    num_beams: int = 1
+    max_new_tokens: int = 64
+    batch_size: int = 8
+    efficiency: list[str] = field(default_factory=lambda: ["baseline", "strict"])
+    warmup: int = 10  # efficiency warm-up iterations (the field's protocol: 10)
+    iters: int = 100  # timed iterations (the field's protocol: 100)
+    evaluate_teacher: bool = True
+
+
+@dataclass
+class Recipe:
+    """A distillation run: student, teacher, losses, data, optimisation, outputs."""
+
+    student: dict[str, Any] = field(
+        default_factory=dict
+    )  # component node building the student AudioLLM
+    teacher: dict[str, Any] | None = None  # component node with `signals(batch)`; None = CE only
+    loss: dict[str, Any] = field(default_factory=lambda: {"_component_": "losses.CE"})
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    output_dir: str = "runs/recipe"
+    seed: int = 0
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            hint = _hints(type(self))[f.name]
+            value = getattr(self, f.name)
+            if dataclasses.is_dataclass(hint) and isinstance(value, dict):
+                setattr(self, f.name, _build(hint, value, f.name))
+        _require(bool(self.student), "recipe.student must name a component (`_component_: ...`)")
+        if not self.name:
+            self.name = Path(self.output_dir).name
+
+    # ---- YAML -------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], overrides: list[str] | None = None) -> Recipe:
+        data = apply_overrides(dict(data or {}), overrides or [])
+        return _build(cls, data, "recipe")
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> Recipe:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"recipe config {path} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: invalid YAML: {err}") from err
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+        try:
+            return cls.from_dict(data, overrides)
+        except ConfigError as err:
+            raise ConfigError(f"{path}: {err}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["optim"]["betas"] = list(self.optim.betas)
+        return out
+
+    def to_yaml(self, path: str | Path | None = None) -> str:
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False)
+        if path is not None:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).write_text(text)
+        return text
+
+    # ---- actions ----------------------------------------------------------------------
+    def fit(self) -> dict[str, Any]:
+        """Train the student; returns a summary (final step, last metrics, output paths)."""
+        from distill.engine.trainer import Trainer
+
+        return Trainer(self).fit()
+
+    def evaluate(self, include_teacher: bool | None = None) -> dict[str, Any]:
+        """Evaluate the trained student (and the teacher) on `data.test`."""
+        from distill.engine.evaluate import evaluate_recipe
+
+        return evaluate_recipe(self, include_teacher=include_teacher)
+
+    def report(self, extra_runs: list[str] | None = None) -> Path:
+        """Write the student-versus-teacher report into OUTPUT/report."""
+        from distill.report import write_report
+
+        runs = [str(Path(self.output_dir))] + list(extra_runs or [])
+        teacher_dir = Path(self.output_dir) / "teacher"
+        if (teacher_dir / "eval" / "metrics.json").is_file():
+            runs.insert(0, str(teacher_dir))
+        return write_report(runs, Path(self.output_dir) / "report")
+
+
+# ---- helpers --------------------------------------------------------------------------
+def _require(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return get_type_hints(cls, globalns=sys.modules[cls.__module__].__dict__)
+
+
+def _build(cls: type, data: dict[str, Any], where: str):
+    """Build dataclass `cls` from a mapping, rejecting unknown fields by name."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a mapping, got {type(data).__name__}")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(
+            f"unknown field(s) {', '.join(f'{where}.{k}' for k in unknown)}; "
+            f"valid fields of {where}: {', '.join(sorted(known))}"
+        )
+    hints = _hints(cls)
+    kwargs = {}
+    for key, value in data.items():
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint) and isinstance(value, dict):
+            value = _build(hint, value, f"{where}.{key}")
+        kwargs[key] = value
+    try:
+        return cls(**kwargs)
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `a.b.c=value` overrides (value parsed as YAML) to a nested mapping."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key.path=value")
+        key, _, raw = item.partition("=")
+        value = yaml.safe_load(raw) if raw != "" else None
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            if node.get(part) is None:
+                node[part] = {}
+            if not isinstance(node[part], dict):
+                raise ConfigError(f"override {item!r}: {part!r} is not a mapping")
+            node = node[part]
+        node[parts[-1]] = value
+    return data
+
+
+def parse_cli_args(
+    argv: list[str] | None = None, default_config: str | None = None
+) -> tuple[Recipe, argparse.Namespace]:
+    """`--config FILE [--evaluate] [--report] key=value ...`, as used by recipes/*.py."""
+    parser = argparse.ArgumentParser(description="Run a distill recipe.")
+    add_arguments(parser, default_config)
+    args = parser.parse_args(argv)
+    return Recipe.from_yaml(args.config, overrides=args.overrides), args
+
+
+def add_arguments(parser: argparse.ArgumentParser, default_config: str | None = None) -> None:
+    parser.add_argument(
+        "--config", default=default_config, required=default_config is None, help="recipe YAML"
+    )
+    parser.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. optim.lr=3e-4")
+    parser.add_argument("--evaluate", action="store_true", help="evaluate after training")
+    parser.add_argument("--report", action="store_true", help="write the report after evaluating")
+
+
+def run(args: argparse.Namespace) -> int:
+    recipe = Recipe.from_yaml(args.config, overrides=args.overrides)
+    recipe.fit()
+    if args.evaluate or args.report:
+        recipe.evaluate()
+    if args.report:
+        print(f"report: {recipe.report()}")
+    return 0

@@ -1,0 +1,396 @@
+"""The student-versus-teacher report: Markdown, self-contained HTML, PNG plots, metrics.json.
+
+    distill report runs/teacher runs/baseline runs/ddat --out runs/report --teacher teacher
+    write_report(["runs/teacher", "runs/baseline", "runs/ddat"], "runs/report", teacher="teacher")
+
+A run dir holds `config.yaml`, `train_log.jsonl` (one JSON object per logged step:
+{"step", "loss", "<term>", "lr", ...}), `eval/metrics.json` (written by `distill eval`) and
+`model/`. Any piece may be missing (a released teacher has no training log). For every metric
+the report lists each run, the teacher and the run/teacher ratio, and it says in one sentence
+per quality metric whether each distilled student beat the CE-only baseline student.
+
+Roles come from metrics.json (`model.role`), else from config.yaml (no teacher -> baseline).
+The teacher is `teacher=NAME` (a run dir name or model name), else the run whose role is
+"teacher"; the baseline is `baseline=NAME`, else the run whose role is "baseline".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+# quality metrics: (task-level key, label, better, scale)
+_QUALITY = {"wer": ("WER %", "lower"), "cider_d": ("CIDEr-D", "higher"),
+            "spice": ("SPICE", "higher"), "spider": ("SPIDEr", "higher")}  # fmt: skip
+_EFFICIENCY = {
+    "ttft_s": ("TTFT s", "lower"),
+    "tpot_s": ("TPOT s", "lower"),
+    "inference_s": ("inference s", "lower"),
+    "memory_gb": ("memory GiB", "lower"),
+    "rtfx": ("RTFx", "higher"),
+}
+_TERMS_SKIP = {
+    "step",
+    "epoch",
+    "time",
+    "elapsed",
+    "samples",
+    "tokens",
+    "stage",
+    "grad_norm_clipped",
+}
+
+
+@dataclass
+class Metric:
+    """One reported number: `key` is unique, `label` says exactly what it is."""
+
+    key: str
+    label: str
+    value: float | None
+    better: str  # "lower" | "higher" | ""
+    kind: str  # "quality" | "efficiency" | "size"
+    unit: str = ""
+
+
+@dataclass
+class Run:
+    name: str
+    path: Path
+    role: str
+    metrics: dict = field(default_factory=dict)
+    config: dict | None = None
+    config_text: str | None = None
+    train_log: list[dict] = field(default_factory=list)
+    table: dict[str, Metric] = field(default_factory=dict)
+
+
+# ---- loading --------------------------------------------------------------------------------
+
+
+def _read_train_log(path: Path) -> list[dict]:
+    rows = []
+    if path.is_file():
+        for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"{path} line {line_no}: not valid JSON ({err})") from err
+    return rows
+
+
+def load_run(path: str | Path) -> Run:
+    """Read a run dir (or a dir that directly holds metrics.json)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"run dir {path} does not exist")
+    mfile = next(
+        (p for p in (path / "eval" / "metrics.json", path / "metrics.json") if p.is_file()), None
+    )
+    metrics = json.loads(mfile.read_text()) if mfile else {}
+    cfile = path / "config.yaml"
+    config_text = cfile.read_text(encoding="utf-8") if cfile.is_file() else None
+    config = yaml.safe_load(config_text) if config_text else None
+    model = metrics.get("model", {})
+    role = model.get("role") or (
+        "baseline"
+        if isinstance(config, dict) and config.get("teacher") is None and "loss" in config
+        else "student"
+    )
+    run = Run(
+        path.name,
+        path,
+        role,
+        metrics,
+        config,
+        config_text,
+        _read_train_log(path / "train_log.jsonl"),
+    )
+    run.table = flatten_metrics(metrics)
+    return run
+
+
+def flatten_metrics(metrics: dict) -> dict[str, Metric]:
+    """metrics.json -> {key: Metric}: quality per task, efficiency per protocol, sizes."""
+    out: dict[str, Metric] = {}
+    for task, acc in (metrics.get("accuracy") or {}).items():
+        if acc.get("metric") == "wer":
+            out[f"{task}/wer"] = Metric(
+                f"{task}/wer", f"{task}: WER %", acc.get("wer_percent"), "lower", "quality", "%"
+            )
+        for name in acc.get("metrics") or []:
+            label, better = _QUALITY.get(name, (name, "higher"))
+            out[f"{task}/{name}"] = Metric(
+                f"{task}/{name}", f"{task}: {label}", acc.get(name), better, "quality"
+            )
+        if acc.get("field_cider_d_x100") is not None:
+            out[f"{task}/field_cider_d_x100"] = Metric(
+                f"{task}/field_cider_d_x100",
+                f"{task}: CIDEr-D x100, untokenized, 1 ref (the field's 'SPIDEr' label)",
+                acc["field_cider_d_x100"], "higher", "quality-field",
+            )  # fmt: skip
+    for proto, eff in (metrics.get("efficiency") or {}).items():
+        for name, (label, better) in _EFFICIENCY.items():
+            if eff.get(name) is None:
+                continue
+            if name == "memory_gb":
+                label = f"memory GiB ({eff.get('memory_kind', '?')})"
+            stat = " median" if proto != "baseline" and name.endswith("_s") else ""
+            out[f"{proto}/{name}"] = Metric(
+                f"{proto}/{name}", f"[{proto}] {label}{stat}", eff[name], better, "efficiency"
+            )
+    model = metrics.get("model") or {}
+    for key, label in (
+        ("params_total", "params total (M)"),
+        ("params_trainable", "params trainable (M)"),
+    ):
+        if model.get(key) is not None:
+            out[key] = Metric(key, label, model[key] / 1e6, "", "size", "M")
+    if model.get("size_on_disk_bytes") is not None:
+        out["size_on_disk"] = Metric(
+            "size_on_disk", "size on disk (MB)", model["size_on_disk_bytes"] / 1e6, "", "size", "MB"
+        )
+    return out
+
+
+def _find(runs: list[Run], name: str | None, role: str) -> Run | None:
+    if name is not None:
+        for r in runs:
+            if name in (r.name, r.metrics.get("model", {}).get("name")):
+                return r
+        raise ValueError(f"no run named {name!r}; runs: {[r.name for r in runs]}")
+    return next((r for r in runs if r.role == role), None)
+
+
+def _unique_names(runs: list[Run]) -> None:
+    seen: dict[str, int] = {}
+    for r in runs:
+        if r.name in seen:
+            r.name = f"{r.path.parent.name}/{r.name}"
+        seen[r.name] = 1
+
+
+# ---- comparison -----------------------------------------------------------------------------
+
+
+def ratio(value: float | None, ref: float | None) -> float | None:
+    if (
+        value is None
+        or ref is None
+        or not math.isfinite(value)
+        or not math.isfinite(ref)
+        or ref == 0
+    ):
+        return None
+    return value / ref
+
+
+def metric_rows(runs: list[Run], teacher: Run | None) -> list[dict]:
+    """One row per metric key (in first-seen order): values per run, teacher, ratios."""
+    keys: dict[str, Metric] = {}
+    for r in runs:
+        for k, m in r.table.items():
+            keys.setdefault(k, m)
+    rows = []
+    for k, m in keys.items():
+        values = {r.name: (r.table[k].value if k in r.table else None) for r in runs}
+        t = values.get(teacher.name) if teacher else None
+        rows.append({
+            "key": k, "label": m.label, "better": m.better, "kind": m.kind, "values": values,
+            "teacher": t,
+            "ratios": {r.name: ratio(values[r.name], t) for r in runs if teacher is None or r is not teacher},
+        })  # fmt: skip
+    return rows
+
+
+def _fmt(v: float | None, digits: int = 4) -> str:
+    if v is None:
+        return "n/a"
+    if abs(v) >= 1000:
+        return f"{v:,.1f}"
+    return f"{v:.{digits}g}"
+
+
+def verdicts(runs: list[Run], baseline: Run | None, rows: list[dict]) -> list[str]:
+    """One sentence per (distilled run, quality metric) with the numbers."""
+    students = [r for r in runs if r.role not in ("teacher", "baseline") and r is not baseline]
+    if baseline is None:
+        return [
+            "No CE-only baseline run (role 'baseline') was given, so no distilled-vs-baseline verdict."
+        ]
+    if not students:
+        return [
+            f"Only the baseline student `{baseline.name}` was given; no distilled student to compare."
+        ]
+    out = []
+    for row in (r for r in rows if r["kind"] == "quality"):
+        b = row["values"].get(baseline.name)
+        for s in students:
+            v = row["values"].get(s.name)
+            if v is None or b is None:
+                out.append(
+                    f"{row['label']}: cannot compare `{s.name}` with baseline "
+                    f"`{baseline.name}` (missing value)."
+                )
+                continue
+            diff = v - b
+            beat = diff < 0 if row["better"] == "lower" else diff > 0
+            verb = "beat" if beat else ("tied" if diff == 0 else "did not beat")
+            out.append(
+                f"{row['label']}: distilled `{s.name}` ({_fmt(v)}) {verb} the CE-only baseline "
+                f"`{baseline.name}` ({_fmt(b)}); difference {diff:+.4g} ({row['better']} is better)."
+            )
+    return out
+
+
+# ---- writing --------------------------------------------------------------------------------
+
+
+def write_report(
+    run_dirs: list[str | Path],
+    out_dir: str | Path,
+    *,
+    teacher: str | None = None,
+    baseline: str | None = None,
+    title: str = "Student versus teacher",
+) -> Path:
+    """Write report.md, report.html, metrics.json and PNG plots into `out_dir`; returns it."""
+    from distill.report_html import render_html
+    from distill.report_plots import make_plots
+
+    if not run_dirs:
+        raise ValueError("write_report needs at least one run dir")
+    runs = [load_run(p) for p in run_dirs]
+    _unique_names(runs)
+    t_run = _find(runs, teacher, "teacher")
+    if t_run is not None:
+        t_run.role = "teacher"
+    b_run = _find(runs, baseline, "baseline")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = metric_rows(runs, t_run)
+    sentences = verdicts(runs, b_run, rows)
+    plots = make_plots(runs, rows, t_run, out)
+    summary = {
+        "title": title,
+        "teacher": t_run.name if t_run else None,
+        "baseline": b_run.name if b_run else None,
+        "runs": [
+            {
+                "name": r.name,
+                "role": r.role,
+                "path": str(r.path),
+                "metrics": {k: m.value for k, m in r.table.items()},
+            }
+            for r in runs
+        ],  # fmt: skip
+        "rows": rows,
+        "verdicts": sentences,
+        "plots": [p.name for p in plots],
+    }
+    (out / "metrics.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    (out / "report.md").write_text(
+        render_markdown(title, runs, rows, t_run, sentences, plots), encoding="utf-8"
+    )
+    (out / "report.html").write_text(
+        render_html(title, runs, rows, t_run, sentences, plots), encoding="utf-8"
+    )
+    return out
+
+
+def render_markdown(title, runs, rows, teacher, sentences, plots) -> str:
+    others = [r for r in runs if r is not teacher]
+    head = ["metric", "better"] + ([f"{teacher.name} (teacher)"] if teacher else [])
+    head += [r.name for r in others] + ([f"{r.name}/teacher" for r in others] if teacher else [])
+    lines = [f"# {title}", "", f"Teacher: `{teacher.name if teacher else 'none given'}`. "
+             f"Runs: {', '.join(f'`{r.name}` ({r.role})' for r in runs)}.", "", "## Verdict", ""]  # fmt: skip
+    lines += [f"- {s}" for s in sentences] + ["", "## Metrics", ""]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        cells = [row["label"], row["better"] or "-"] + ([_fmt(row["teacher"])] if teacher else [])
+        cells += [_fmt(row["values"][r.name]) for r in others]
+        cells += [_fmt(row["ratios"].get(r.name), 3) for r in others] if teacher else []
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
+    lines += ["", "## Runs", ""]
+    for r in runs:
+        lines += [
+            f"### {r.name} ({r.role})",
+            "",
+            *[f"- {k}: {v}" for k, v in provenance(r).items()],
+            "",
+        ]
+        if r.config_text:
+            lines += ["```yaml", r.config_text.rstrip(), "```", ""]
+    return "\n".join(lines) + "\n"
+
+
+def provenance(run: Run) -> dict[str, str]:
+    """Path, params, size, data, seed, decoding, hardware and versions of one run."""
+    m, cfg = run.metrics, run.config if isinstance(run.config, dict) else {}
+    model = m.get("model") or {}
+    data = cfg.get("data") or m.get("data")
+    out = {
+        "path": str(run.path),
+        "model": model.get("name", "?"),
+        "params total / trainable": (
+            f"{model.get('params_total', 'n/a')} / {model.get('params_trainable', 'n/a')}"
+        ),
+        "size on disk (bytes)": str(model.get("size_on_disk_bytes", "n/a")),
+        "seed": str(cfg.get("seed", "n/a")),
+        "loss": str((cfg.get("loss") or {}).get("_component_", "n/a"))
+        if isinstance(cfg.get("loss"), dict)
+        else "n/a",
+        "data": json.dumps(data, default=str) if data else "n/a",
+        "test file": str(m.get("test_file", "n/a")),
+        "decoding": json.dumps(m.get("decoding")) if m.get("decoding") else "n/a",
+        "hardware": json.dumps(m.get("hardware")) if m.get("hardware") else "n/a",
+        "versions": json.dumps(m.get("versions")) if m.get("versions") else "n/a",
+        "train log": f"{len(run.train_log)} entries" if run.train_log else "none",
+    }
+    return out
+
+
+def loss_terms(log: list[dict]) -> list[str]:
+    """Numeric keys of a training log other than step counters, in first-seen order."""
+    terms: dict[str, None] = {}
+    for row in log:
+        for k, v in row.items():
+            timing = k.endswith(("_per_s", "_time", "_s"))  # throughput, not a loss term
+            if (
+                k not in _TERMS_SKIP
+                and not timing
+                and isinstance(v, (int, float))
+                and not isinstance(v, bool)
+            ):
+                terms.setdefault(k, None)
+    return list(terms)
+
+
+# ---- CLI ------------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "run_dirs", nargs="+", help="run dirs (config.yaml, train_log.jsonl, eval/metrics.json)"
+    )
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument(
+        "--teacher", help="teacher run (dir name or model name); default: role 'teacher'"
+    )
+    parser.add_argument("--baseline", help="CE-only baseline run; default: role 'baseline'")
+    parser.add_argument("--title", default="Student versus teacher")
+
+
+def run(args: argparse.Namespace) -> int:
+    out = write_report(
+        args.run_dirs, args.out, teacher=args.teacher, baseline=args.baseline, title=args.title
+    )
+    print(f"report: {out / 'report.md'} and {out / 'report.html'}")
+    return 0

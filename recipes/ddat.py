@@ -1,0 +1,26 @@
+"""DDAT: entropy-weighted dynamic CE/KL mixing over token KL.
+
+alpha = base + sigmoid(H_ema - center) * (max - base) from the teacher's predictive entropy;
+loss = (1 - alpha) CE + alpha KD (losses.DDAT).
+
+Launch (GPU box; DDP / FSDP / DeepSpeed come from your accelerate config):
+    accelerate launch recipes/ddat.py --config recipes/configs/ddat.yaml
+Tiny CPU variant (offline, builds its own synthetic data):
+    python recipes/ddat.py --config recipes/configs/ddat_tiny.yaml
+Override any field:
+    python recipes/ddat.py --config recipes/configs/ddat_tiny.yaml optim.max_steps=20 seed=3
+
+The loop lives once, in `distill`; this file only builds the Recipe and runs it.
+"""
+
+import sys
+
+from distill.recipe import parse_cli_args
+
+if __name__ == "__main__":
+    recipe, actions = parse_cli_args(sys.argv[1:], default_config="recipes/configs/ddat.yaml")
+    recipe.fit()
+    if actions.evaluate or actions.report:
+        recipe.evaluate()
+    if actions.report:
+        print(f"report: {recipe.report()}")

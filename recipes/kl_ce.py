@@ -1,0 +1,26 @@
+"""Token KL + CE: forward KL at temperature T (times T^2) plus the student CE.
+
+Works across different tokenizers through the shared vocabulary with character-offset
+alignment, or a learned vocabulary bridge (losses.TokenKL).
+
+Launch (GPU box; DDP / FSDP / DeepSpeed come from your accelerate config):
+    accelerate launch recipes/kl_ce.py --config recipes/configs/kl_ce.yaml
+Tiny CPU variant (offline, builds its own synthetic data):
+    python recipes/kl_ce.py --config recipes/configs/kl_ce_tiny.yaml
+Override any field:
+    python recipes/kl_ce.py --config recipes/configs/kl_ce_tiny.yaml optim.max_steps=20 seed=3
+
+The loop lives once, in `distill`; this file only builds the Recipe and runs it.
+"""
+
+import sys
+
+from distill.recipe import parse_cli_args
+
+if __name__ == "__main__":
+    recipe, actions = parse_cli_args(sys.argv[1:], default_config="recipes/configs/kl_ce.yaml")
+    recipe.fit()
+    if actions.evaluate or actions.report:
+        recipe.evaluate()
+    if actions.report:
+        print(f"report: {recipe.report()}")
