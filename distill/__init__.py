@@ -1,8 +1,8 @@
 """`distill`: knowledge distillation of SALMONN-style audio language models.
 
-    from distill import Recipe
-    recipe = Recipe.from_yaml("recipes/configs/ddat_tiny.yaml")
-    recipe.fit(); recipe.evaluate(); recipe.report()
+from distill import Recipe
+recipe = Recipe.from_yaml("recipes/configs/ddat_tiny.yaml")
+recipe.fit(); recipe.evaluate(); recipe.report()
 """
 
 from __future__ import annotations

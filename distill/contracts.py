@@ -165,6 +165,7 @@ class _Signals:
         speech: [b, t, d] speech-encoder features after `ln_speech`.
         audio: [b, t, d] audio-encoder features after `ln_audio`.
         ids: b item ids, copied from the batch, so losses and caches can check alignment.
+        tasks: b task names, copied from the batch (e.g. an ASR-only auxiliary loss uses them).
         num_tokens: global answer-token count for this optimizer step, set by the engine
             (summed over gradient-accumulation micro-batches and processes, divided by the
             number of processes). Losses normalise by it when set so accumulation and DDP
@@ -181,6 +182,7 @@ class _Signals:
     speech: Tensor | None = None
     audio: Tensor | None = None
     ids: list[str] | None = None
+    tasks: list[str] | None = None
     num_tokens: float | None = None
 
     def _validate_common(self, owner: str) -> tuple[int, int]:
@@ -216,8 +218,10 @@ class _Signals:
                 f"{owner}.qformer_mask shape {tuple(self.qformer_mask.shape)} != "
                 f"{tuple(self.qformer.shape[:2])}",
             )
-        if self.ids is not None:
-            _check(len(self.ids) == b, f"{owner}.ids has {len(self.ids)} entries for batch {b}")
+        for name in ("ids", "tasks"):
+            value = getattr(self, name)
+            if value is not None:
+                _check(len(value) == b, f"{owner}.{name} has {len(value)} entries for batch {b}")
         return b, n
 
     @property

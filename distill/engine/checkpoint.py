@@ -111,9 +111,8 @@ def write_main(
     optimizer_state: dict,
     state: dict[str, Any],
 ) -> None:
-    save_file(
-        {k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp / "model.safetensors"
-    )
+    # clone: tied weights (embeddings = lm_head) share storage, which safetensors refuses
+    save_file({k: v.detach().cpu().clone() for k, v in tensors.items()}, tmp / "model.safetensors")
     torch.save(optimizer_state, tmp / "optimizer.pt")
     # state.json is written last: its presence marks the directory complete.
     _atomic_write_text(tmp / "state.json", json.dumps(state, indent=1))

@@ -249,44 +249,9 @@ class Trainer:
         window_start, window_items = time.perf_counter(), 0
         while self.step < r.optim.max_steps:
             batches = [self.stream.next(self.step) for _ in range(grad_accum)]
-            student = acc.unwrap_model(self.step_module).student
-            local = sum(answer_token_count(student, b) or 0 for b in batches)
-            num_tokens = None
-            if local:
-                total = acc.reduce(torch.tensor(float(local), device=acc.device), "sum").item()
-                num_tokens = total / (grad_accum * world)
-            loss_sum, metric_sums = 0.0, {}
-            for i, batch in enumerate(batches):
-                batch = batch.to(acc.device)
-                sync = i == grad_accum - 1
-                ctx = nullcontext() if sync or world == 1 else acc.no_sync(self.step_module)
-                with ctx:
-                    signals = self._signals(batch)
-                    loss, metrics = self.step_module(batch, signals, num_tokens)
-                    acc.backward(loss)
-                loss_sum += float(loss.detach())
-                for k, v in metrics.items():
-                    metric_sums[k] = metric_sums.get(k, 0.0) + float(v)
-                window_items += len(batch)
-            grad_norm = None
-            if r.optim.clip_grad_norm:
-                grad_norm = acc.clip_grad_norm_(
-                    self.step_module.parameters(), r.optim.clip_grad_norm
-                )
-            self.optimizer.step()
-            self.scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            self.step += 1
-            # every term is normalised by the global token count, so the mean over
-            # processes of each process's micro-batch average is the global value
-            names = sorted(k for k in metric_sums if k != "loss")
-            values = torch.tensor([loss_sum] + [metric_sums[k] for k in names], device=acc.device)
-            values = (acc.reduce(values, "mean") / grad_accum).tolist()
-            step_loss = values[0]
-            record = {"step": self.step, "loss": step_loss, "lr": self.scheduler.get_last_lr()[0]}
-            record.update(dict(zip(names, values[1:])))
-            if grad_norm is not None:
-                record["grad_norm"] = float(grad_norm)
+            record = self.train_step(batches)
+            step_loss = record["loss"]
+            window_items += sum(len(b) for b in batches)
             if (
                 self.step % r.train.log_every == 0
                 or self.step == 1
@@ -317,6 +282,46 @@ class Trainer:
             last.update(last_valid)
         self._save_final()
         return {"step": self.step, "last": last, "output_dir": str(self.out)}
+
+    def train_step(self, batches: list[AudioBatch]) -> dict[str, Any]:
+        """One optimizer step over `grad_accum` micro-batches; returns the log record."""
+        acc, r = self.accelerator, self.recipe
+        grad_accum, world = len(batches), acc.num_processes
+        student = acc.unwrap_model(self.step_module).student
+        local = sum(answer_token_count(student, b) or 0 for b in batches)
+        num_tokens = None
+        if local:
+            total = acc.reduce(torch.tensor(float(local), device=acc.device), "sum").item()
+            num_tokens = total / (grad_accum * world)
+        loss_sum, metric_sums = 0.0, {}
+        for i, batch in enumerate(batches):
+            batch = batch.to(acc.device)
+            sync = i == grad_accum - 1
+            ctx = nullcontext() if sync or world == 1 else acc.no_sync(self.step_module)
+            with ctx:
+                signals = self._signals(batch)
+                loss, metrics = self.step_module(batch, signals, num_tokens)
+                acc.backward(loss)
+            loss_sum += float(loss.detach())
+            for k, v in metrics.items():
+                metric_sums[k] = metric_sums.get(k, 0.0) + float(v)
+        grad_norm = None
+        if r.optim.clip_grad_norm:
+            grad_norm = acc.clip_grad_norm_(self.step_module.parameters(), r.optim.clip_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        # every term is normalised by the global token count, so the mean over
+        # processes of each process's micro-batch average is the global value
+        names = sorted(k for k in metric_sums if k != "loss")
+        values = torch.tensor([loss_sum] + [metric_sums[k] for k in names], device=acc.device)
+        values = (acc.reduce(values, "mean") / grad_accum).tolist()
+        record = {"step": self.step, "loss": values[0], "lr": self.scheduler.get_last_lr()[0]}
+        record.update(dict(zip(names, values[1:])))
+        if grad_norm is not None:
+            record["grad_norm"] = float(grad_norm)
+        return record
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:

@@ -337,6 +337,7 @@ class AudioLLM(nn.Module):
             offsets=inp["offsets"],
             tokenizer=self.tokenizer_info,
             ids=list(batch.ids),
+            tasks=list(batch.tasks),
             **extra,
         )
 

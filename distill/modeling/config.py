@@ -69,6 +69,9 @@ class AudioLLMConfig:
     llm_path: str | None = None
     llm_config: dict | None = None
     tokenizer_path: str | None = None  # defaults to llm_path
+    freeze_llm: bool = (
+        True  # SALMONN freezes the LLM base; False trains it fully (tiny from-scratch demos)
+    )
     lora: bool = True
     lora_rank: int = 8
     lora_alpha: int = 32

@@ -59,9 +59,10 @@ def build_llm(config, *, load_weights: bool = True) -> nn.Module:
 
 
 def add_lora(llm: nn.Module, config) -> nn.Module:
-    """Freeze the base LM, then wrap it with peft LoRA on `config.lora_targets` (if lora)."""
+    """Freeze the base LM (unless `freeze_llm` is False), then wrap it with peft LoRA on
+    `config.lora_targets` (if lora)."""
     for p in llm.parameters():
-        p.requires_grad_(False)
+        p.requires_grad_(not config.freeze_llm)
     if not config.lora:
         return llm
     from peft import LoraConfig, TaskType, get_peft_model

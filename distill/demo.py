@@ -1,0 +1,289 @@
+"""`distill demo`: the library's whole job, offline, on a laptop CPU.
+
+1. Synthesise a corpus with known answers (espeak-ng speech, procedural sounds).
+2. Train two tokenizers on its texts (the teacher's unigram, the student's byte-level BPE).
+3. Train a tiny teacher AudioLLM from scratch: answer CE plus a CTC head on its speech
+   encoder (an alignment aid, not distillation; REFERENCE.md measured why it is needed).
+4. Distil a smaller student with a different tokenizer: DDAT over cross-tokenizer token KL,
+   plus speech-feature MSE to the teacher's encoder, plus the same CTC aid.
+5. Train a baseline student of the same size for the same steps with the same non-distillation
+   aids (CE + CTC) and no teacher signal: only the teacher's signals differ.
+6. Evaluate all three with the full protocol and write the student-versus-teacher report.
+
+Every stage is a `Recipe`, so the demo runs the same loop, checkpoints and evaluation
+as a real run; finished stages are reused when the demo is run again (`--fresh` redoes them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from distill.recipe import Recipe
+
+
+@dataclass
+class DemoConfig:
+    """Sizes and budgets of the demo; `--quick` shrinks everything for tests."""
+
+    out_dir: str = "distill_demo"
+    seed: int = 0
+    n_speech: int = 1600  # synthetic ASR clips (2-5 words from a fixed vocabulary)
+    n_sounds: int = 600  # synthetic captioning clips (several references each)
+    teacher_steps: int = 1200  # optimizer steps for the teacher
+    student_steps: int = 800  # the same for both students (fair comparison)
+    batch_size: int = 16
+    lr: float = 1e-3  # peak LR of bridge and LLM; the encoder and CTC head get 3x
+    teacher_width: int = 128  # teacher Whisper and LLM width
+    student_width: int = 64  # student Whisper and LLM width (about 3x fewer parameters)
+    eval_iters: int = 20  # efficiency protocol timed runs (the field uses 100)
+    num_workers: int = 1
+    progress: bool = True
+
+    @classmethod
+    def quick(cls, **kw) -> DemoConfig:
+        base = cls(
+            n_speech=96, n_sounds=32, teacher_steps=30, student_steps=20, batch_size=8, eval_iters=3
+        )
+        return replace(base, **kw)
+
+
+def _model_node(kind: str, tokenizer_dir: str, width: int, seed: int) -> dict[str, Any]:
+    """A tiny AudioLLM trained from scratch: encoder and LLM trainable, no LoRA."""
+    from distill.modeling.tiny import tiny_config, tiny_whisper_config
+
+    cfg = tiny_config(
+        kind,
+        tokenizer_dir,
+        whisper_config=tiny_whisper_config(d=width, layers=2),
+        freeze_whisper=False,
+        freeze_llm=False,
+        lora=False,
+        qformer_hidden=width,
+        qformer_ffn=2 * width,
+        name=f"demo-{kind}",
+    )
+    llm = dict(cfg.llm_config, hidden_size=width, intermediate_size=2 * width)
+    cfg = replace(cfg, llm_config=llm)
+    return {"_component_": "distill.presets.build_model", "config": cfg.to_dict(), "seed": seed}
+
+
+def _ctc(width: int, tokenizer_dir: str) -> dict[str, Any]:
+    from transformers import AutoTokenizer
+
+    vocab = len(AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True))
+    return {"_component_": "losses.CTCAux", "width": width, "vocab_size": vocab}
+
+
+def _recipe(
+    cfg: DemoConfig, name: str, student: dict, loss: dict, steps: int, corpus: dict, teacher=None
+) -> Recipe:
+    return Recipe.from_dict(
+        {
+            "name": name,
+            "output_dir": str(Path(cfg.out_dir) / name),
+            "seed": cfg.seed,
+            "student": student,
+            "teacher": teacher,
+            "loss": loss,
+            "data": {
+                "train": [corpus["train"]],
+                "valid": corpus["valid"],
+                "test": corpus["test"],
+                "batch_size": cfg.batch_size,
+                "num_workers": cfg.num_workers,
+                "trim_fraction": 0.0,
+            },
+            "optim": {
+                "lr": cfg.lr,
+                "min_lr_ratio": 0.05,
+                "warmup_steps": max(1, steps // 10),
+                "max_steps": steps,
+                "weight_decay": 0.01,
+                "lr_multipliers": {"student.speech_encoder": 3.0, "loss.": 3.0},
+            },
+            "train": {
+                "log_every": max(1, steps // 50),
+                "save_every": max(1, steps // 2),
+                "keep_last": 1,
+                "eval_every": 0,
+                "trackers": [],
+                "progress": cfg.progress,
+            },
+            "eval": {
+                "num_beams": 1,
+                "max_new_tokens": 24,
+                "batch_size": 32,
+                "warmup": max(1, cfg.eval_iters // 10),
+                "iters": cfg.eval_iters,
+                "evaluate_teacher": False,
+            },
+        }
+    )
+
+
+def plan(cfg: DemoConfig, corpus: dict, tokenizers: dict) -> dict[str, Recipe]:
+    """The three recipes: teacher, distilled student, CE-only baseline student."""
+    tw, sw = cfg.teacher_width, cfg.student_width
+    teacher_model = _model_node("teacher", tokenizers["teacher"], tw, cfg.seed)
+    student_model = _model_node("student", tokenizers["student"], sw, cfg.seed + 1)
+    ctc_t, ctc_s = _ctc(tw, tokenizers["teacher"]), _ctc(sw, tokenizers["student"])
+    teacher_dir = Path(cfg.out_dir) / "teacher" / "model"
+    aid = {"ce": {"_component_": "losses.CE"}, "ctc": ctc_s}
+    distill_loss = {
+        "_component_": "losses.Compose",
+        "terms": {
+            "ddat": {
+                "_component_": "losses.DDAT",
+                "kd": {
+                    "_component_": "losses.TokenKL",
+                    "temperature": 2.0,
+                    "cross_tokenizer": "shared_vocab",
+                },
+            },
+            "ctc": ctc_s,
+            "feat": {
+                "_component_": "losses.FeatureMSE",
+                "fields": ["speech"],
+                "widths": {"speech": [sw, tw]},
+            },
+        },
+        "weights": {"ddat": 1.0, "ctc": 0.5, "feat": 1.0},
+    }
+    return {
+        "teacher": _recipe(
+            cfg,
+            "teacher",
+            teacher_model,
+            {
+                "_component_": "losses.Compose",
+                "terms": {"ce": {"_component_": "losses.CE"}, "ctc": ctc_t},
+                "weights": {"ce": 1.0, "ctc": 0.5},
+            },
+            cfg.teacher_steps,
+            corpus,
+        ),  # fmt: skip
+        "student_kd": _recipe(
+            cfg,
+            "student_kd",
+            student_model,
+            distill_loss,
+            cfg.student_steps,
+            corpus,
+            teacher={"_component_": "teachers.AudioLLMTeacher", "path": str(teacher_dir)},
+        ),  # fmt: skip
+        "student_ce": _recipe(
+            cfg,
+            "student_ce",
+            student_model,
+            {"_component_": "losses.Compose", "terms": aid, "weights": {"ce": 1.0, "ctc": 0.5}},
+            cfg.student_steps,
+            corpus,
+        ),  # fmt: skip
+    }
+
+
+def _done(recipe: Recipe) -> bool:
+    return (Path(recipe.output_dir) / "eval" / "metrics.json").is_file()
+
+
+def prepare(cfg: DemoConfig) -> tuple[dict[str, str], dict[str, str]]:
+    """Build (or reuse) the synthetic corpus and the two tokenizers trained on its texts."""
+    from distill.data.synth import make_corpus, texts
+    from distill.modeling.tokenizers import train_tiny_tokenizer
+
+    out = Path(cfg.out_dir)
+    corpus = make_corpus(out / "data", seed=cfg.seed, n_speech=cfg.n_speech, n_sounds=cfg.n_sounds)
+    tokenizers = {}
+    corpus_texts = None
+    for role, flavor in (("teacher", "unigram"), ("student", "bpe")):
+        tok_dir = out / "tokenizers" / flavor
+        if not (tok_dir / "tokenizer.json").is_file():
+            corpus_texts = corpus_texts or texts(out / "data")
+            train_tiny_tokenizer(tok_dir, flavor=flavor, texts=corpus_texts)
+        tokenizers[role] = str(tok_dir)
+    return corpus, tokenizers
+
+
+ROLES = {"teacher": "teacher", "student_kd": "student", "student_ce": "baseline"}
+
+
+def run_demo(cfg: DemoConfig, fresh: bool = False) -> Path:
+    """Run every stage (reusing finished ones) and return the report directory."""
+    from distill.engine.evaluate import evaluate_one
+    from distill.modeling.audio_llm import AudioLLM
+    from distill.report import write_report
+
+    out = Path(cfg.out_dir)
+    if fresh and out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    corpus, tokenizers = prepare(cfg)
+    timings["data_s"] = time.perf_counter() - t0
+    recipes = plan(cfg, corpus, tokenizers)
+    for name, recipe in recipes.items():
+        if _done(recipe):
+            print(f"[demo] {name}: reusing {recipe.output_dir}")
+            continue
+        print(f"[demo] training {name} ({recipe.optim.max_steps} steps)")
+        t = time.perf_counter()
+        recipe.fit()
+        timings[f"{name}_train_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        model_dir = Path(recipe.output_dir) / "model"
+        model = AudioLLM.from_pretrained(model_dir)
+        evaluate_one(
+            model, Path(recipe.output_dir) / "eval", name=name, role=ROLES[name],
+            recipe=recipe, model_dir=model_dir,
+        )  # fmt: skip
+        timings[f"{name}_eval_s"] = time.perf_counter() - t
+    report = write_report(
+        [recipes[n].output_dir for n in ("teacher", "student_ce", "student_kd")],
+        out / "report",
+        teacher="teacher",
+        baseline="student_ce",
+        title="distill demo: tiny teacher, distilled student, CE-only student",
+    )
+    timings["total_s"] = time.perf_counter() - t0
+    (out / "timings.json").write_text(json.dumps(timings, indent=1))
+    return report
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--out", default="distill_demo", help="output directory (reused if it exists)"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny sizes and steps (tests, smoke runs)"
+    )
+    parser.add_argument(
+        "--fresh", action="store_true", help="delete --out first and redo every stage"
+    )
+    parser.add_argument("--teacher-steps", type=int, default=None)
+    parser.add_argument("--student-steps", type=int, default=None)
+    parser.add_argument("--n-speech", type=int, default=None)
+    parser.add_argument("--n-sounds", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    kw = {"out_dir": args.out, "seed": args.seed, "progress": not args.no_progress}
+    for name in ("teacher_steps", "student_steps", "n_speech", "n_sounds", "batch_size"):
+        if getattr(args, name) is not None:
+            kw[name] = getattr(args, name)
+    cfg = DemoConfig.quick(**kw) if args.quick else DemoConfig(**kw)
+    report = run_demo(cfg, fresh=args.fresh)
+    summary = json.loads((report / "metrics.json").read_text())
+    for line in summary.get("verdicts", []):
+        print(line)
+    print(f"report: {report / 'report.md'} and {report / 'report.html'}")
+    return 0

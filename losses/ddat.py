@@ -1,0 +1,177 @@
+"""DDAT: an entropy-driven mix of CE and any divergence loss.
+
+Glossary: b batch, n student answer tokens, m teacher answer tokens, v vocab, k top-k.
+
+The wrapped `kd` module follows a small protocol (`KDTerm`):
+    kd.divergence(student, teacher) -> LossOutput        # the KD term alone, no CE
+    kd.token_divergence(student, teacher) -> ([b, n], [b, n] mask)   # only for per-token mode
+`TokenKL`, `MultiLevelOT` and `ULD` implement `divergence`; `TokenKL` and `ULD` also
+implement `token_divergence`.
+
+Batch-EMA mode (the seed team's DDAT):
+    h_batch = mean teacher entropy H_i (nats, T = 1) over the valid teacher tokens of the
+              batch, summed and counted across processes when torch.distributed is up
+    h = 0.9 * h + 0.1 * h_batch   (h = h_batch on the first step)
+    alpha = base + sigmoid(h - center) * (max - base)       defaults 0.2, 0.4, 2.0
+    loss = (1 - alpha) * CE + alpha * KD
+The EMA and its "started" flag are registered buffers (saved in the state dict).
+
+Per-token mode: alpha_i = base + (max - base) * H_i / log v, i.e. the teacher entropy is
+normalised by its maximum log v (v = teacher vocabulary), and
+    loss = sum_i [(1 - alpha_i) CE_i + alpha_i KD_i] / N   (shared masked mean).
+Across tokenizers H is taken at the teacher token paired by character span; an unpaired
+student token uses alpha_i = base. Sparse teachers: H of the renormalised top-k.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Protocol, runtime_checkable
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from distill.contracts import LossOutput, ModelOutputs, TeacherSignals
+from losses._reduce import (
+    check_pair,
+    check_result,
+    chunked,
+    masked_mean,
+    masked_sum,
+    token_cross_entropy,
+    upcast,
+)
+from losses.align import align_positions
+
+
+@runtime_checkable
+class KDTerm(Protocol):
+    """What DDAT needs from its `kd` submodule."""
+
+    def divergence(self, student: ModelOutputs, teacher: TeacherSignals) -> LossOutput: ...
+
+
+def _entropy_chunk(logits: Tensor) -> Tensor:
+    lp = torch.log_softmax(upcast(logits), dim=-1)
+    return -(lp.exp() * torch.where(torch.isfinite(lp), lp, lp.new_zeros(()))).sum(-1)
+
+
+def teacher_entropy(teacher: TeacherSignals, chunk_size: int | None = 8) -> Tensor:
+    """Per-token predictive entropy [b, m] of the teacher at T = 1 (nats), no gradient."""
+    with torch.no_grad():
+        if teacher.is_sparse:
+            return _entropy_chunk(teacher.topk_values)
+        return chunked(_entropy_chunk, (teacher.logits,), chunk_size=chunk_size)
+
+
+class DDAT(nn.Module):
+    """Dynamic alpha between CE and a divergence, set from the teacher's entropy.
+
+    Args:
+        kd: a module with `divergence(student, teacher)` (see `KDTerm`).
+        mode: "batch_ema" or "per_token".
+        base, max, center: alpha = base + sigmoid(h - center) * (max - base).
+        momentum: EMA momentum (0.9 keeps 90 % of the old value).
+        chunk_size: positions per chunk for the entropy and the CE.
+    """
+
+    def __init__(
+        self,
+        kd: nn.Module,
+        mode: str = "batch_ema",
+        base: float = 0.2,
+        max: float = 0.4,  # noqa: A002 - the paper's name
+        center: float = 2.0,
+        momentum: float = 0.9,
+        chunk_size: int | None = 8,
+    ) -> None:
+        super().__init__()
+        if not isinstance(kd, KDTerm):
+            raise TypeError(
+                f"DDAT.kd must have a divergence(student, teacher) method, got {type(kd).__name__}"
+            )
+        if mode not in ("batch_ema", "per_token"):
+            raise ValueError(f"DDAT.mode must be 'batch_ema' or 'per_token', got {mode!r}")
+        if mode == "per_token" and not hasattr(kd, "token_divergence"):
+            raise TypeError(
+                f"DDAT(mode='per_token') needs kd.token_divergence; {type(kd).__name__} has none"
+            )
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"DDAT.momentum must be in [0, 1), got {momentum}")
+        self.kd, self.mode = kd, mode
+        self.base, self.max, self.center = float(base), float(max), float(center)
+        self.momentum, self.chunk_size = float(momentum), chunk_size
+        self.register_buffer("entropy_ema", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("started", torch.zeros((), dtype=torch.bool))
+
+    def _batch_entropy(self, entropy: Tensor, mask: Tensor) -> Tensor:
+        stats = torch.stack([masked_sum(entropy, mask).double(), mask.sum().double()])
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(stats)
+        return stats[0] / stats[1].clamp_min(1)
+
+    def forward(self, student: ModelOutputs, teacher: TeacherSignals) -> LossOutput:
+        check_pair(student, teacher, "DDAT")
+        entropy = teacher_entropy(teacher, self.chunk_size)
+        t_mask = teacher.mask.to(entropy.device)
+        nt = student.num_tokens
+        ce_tok = token_cross_entropy(
+            student.logits, student.token_ids, student.mask, self.chunk_size
+        )
+        if self.mode == "batch_ema":
+            h_batch = self._batch_entropy(entropy, t_mask)
+            if self.training:
+                with torch.no_grad():
+                    ema = torch.where(
+                        self.started,
+                        self.momentum * self.entropy_ema + (1 - self.momentum) * h_batch,
+                        h_batch,
+                    )
+                    self.entropy_ema.copy_(ema)
+                    self.started.fill_(True)
+            h = self.entropy_ema if bool(self.started) else h_batch
+            alpha = self.base + torch.sigmoid(h - self.center) * (self.max - self.base)
+            ce = masked_mean(ce_tok, student.mask, nt)
+            kd_out = self.kd.divergence(student, teacher)
+            alpha_t = alpha.to(ce.dtype)
+            loss = (1 - alpha_t) * ce + alpha_t * kd_out.loss
+            metrics = {"alpha": float(alpha), "entropy": float(h), "entropy_batch": float(h_batch)}
+        else:
+            kd_tok, _ = self.kd.token_divergence(student, teacher)
+            h_tok, h_mask = self._student_aligned(entropy, t_mask, student, teacher)
+            norm = math.log(max(int(teacher.vocab_size), 2))
+            alpha_tok = self.base + (self.max - self.base) * (h_tok / norm).clamp(0, 1)
+            alpha_tok = torch.where(h_mask, alpha_tok, torch.full_like(alpha_tok, self.base)).to(
+                ce_tok.dtype
+            )
+            loss = masked_mean((1 - alpha_tok) * ce_tok + alpha_tok * kd_tok, student.mask, nt)
+            ce = masked_mean(ce_tok, student.mask, nt)
+            kd_out = LossOutput(loss=masked_mean(kd_tok, student.mask, nt))
+            metrics = {
+                "alpha": float(masked_mean(alpha_tok.detach(), student.mask)),
+                "entropy": float(masked_mean(h_tok, h_mask)),
+            }
+        check_result("DDAT loss", loss)
+        metrics.update({"ce": ce.detach(), "kd": kd_out.loss.detach(), "loss": loss.detach()})
+        metrics.update({f"kd/{k}": v for k, v in kd_out.metrics.items() if k != "loss"})
+        return LossOutput(loss=loss, metrics=metrics)
+
+    def _student_aligned(
+        self, entropy: Tensor, t_mask: Tensor, student: ModelOutputs, teacher: TeacherSignals
+    ) -> tuple[Tensor, Tensor]:
+        """Teacher entropy at each student position [b, n], and where it exists [b, n]."""
+        n = student.mask.shape[1]
+        same = (
+            student.tokenizer is None
+            or teacher.tokenizer is None
+            or student.tokenizer.same_as(teacher.tokenizer)
+        )
+        if same:
+            m = min(n, entropy.shape[1])
+            h = entropy.new_zeros(student.mask.shape)
+            ok = torch.zeros_like(student.mask)
+            h[:, :m], ok[:, :m] = entropy[:, :m], t_mask[:, :m] & student.mask[:, :m]
+            return h, ok
+        index, paired = align_positions(student.offsets, student.mask, teacher.offsets, t_mask)
+        return entropy.gather(1, index), paired
