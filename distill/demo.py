@@ -1,7 +1,7 @@
 """`distill demo`: the library's whole job, offline, on a laptop CPU.
 
 1. Synthesise a corpus with known answers (espeak-ng speech, procedural sounds).
-2. Train two tokenizers on its texts (the teacher's unigram, the student's byte-level BPE).
+2. Train two tokenizers on its texts (byte-level BPEs of different sizes and merges).
 3. Train a tiny teacher AudioLLM from scratch: answer CE plus a CTC head on its speech
    encoder (an alignment aid, not distillation; REFERENCE.md measured why it is needed).
 4. Distil a smaller student with a different tokenizer: DDAT over cross-tokenizer token KL,
@@ -201,11 +201,14 @@ def prepare(cfg: DemoConfig) -> tuple[dict[str, str], dict[str, str]]:
     corpus = make_corpus(out / "data", seed=cfg.seed, n_speech=cfg.n_speech, n_sounds=cfg.n_sounds)
     tokenizers = {}
     corpus_texts = None
-    for role, flavor in (("teacher", "unigram"), ("student", "bpe")):
-        tok_dir = out / "tokenizers" / flavor
+    # Two byte-level BPEs of different sizes, as a Llama-3 teacher and a Qwen student differ:
+    # different ids and merges, so the cross-tokenizer path (offset alignment, shared vocab)
+    # is exercised. (The HF unigram trainer splits this small corpus into characters.)
+    for role, size in (("teacher", 384), ("student", 512)):
+        tok_dir = out / "tokenizers" / f"bpe{size}"
         if not (tok_dir / "tokenizer.json").is_file():
             corpus_texts = corpus_texts or texts(out / "data")
-            train_tiny_tokenizer(tok_dir, flavor=flavor, texts=corpus_texts)
+            train_tiny_tokenizer(tok_dir, flavor="bpe", texts=corpus_texts, vocab_size=size)
         tokenizers[role] = str(tok_dir)
     return corpus, tokenizers
 

@@ -64,6 +64,7 @@ class OptimConfig:
     min_lr_ratio: float = 0.1  # cosine floor as a share of lr
     weight_decay: float = 0.05  # matrices only; 1-D, biases and norms get none
     betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8  # AdamW epsilon; larger values make early updates smoother in the gradient
     warmup_steps: int = 100  # without warm-up small AudioLLMs collapse to the text prior
     max_steps: int = 1000  # optimizer steps
     grad_accum: int = 1  # micro-batches per optimizer step
@@ -74,6 +75,7 @@ class OptimConfig:
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)
         _require(self.lr > 0, "optim.lr must be > 0")
+        _require(self.eps > 0, "optim.eps must be > 0")
         _require(0.0 <= self.min_lr_ratio <= 1.0, "optim.min_lr_ratio must be in [0, 1]")
         _require(self.max_steps >= 1, "optim.max_steps must be >= 1")
         _require(self.warmup_steps >= 0, "optim.warmup_steps must be >= 0")

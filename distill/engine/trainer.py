@@ -96,7 +96,7 @@ class Trainer:
             named, lr=o.lr, weight_decay=o.weight_decay, lr_multipliers=o.lr_multipliers
         )
         self.step_module = DistillStep(self.student, self.loss, self.hidden)
-        optimizer = build_optimizer(groups, betas=o.betas)
+        optimizer = build_optimizer(groups, betas=o.betas, eps=o.eps)
         self.step_module, self.optimizer = acc.prepare(self.step_module, optimizer)
         self.scheduler = build_scheduler(
             optimizer,

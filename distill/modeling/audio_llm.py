@@ -96,8 +96,9 @@ class AudioLLM(nn.Module):
             self.beats = None
             self.ln_audio = None
         self.speech_Qformer = WindowQFormer(
-            cfg.qformer_hidden, cfg.qformer_layers, cfg.qformer_heads, cfg.qformer_ffn, width
-        )
+            cfg.qformer_hidden, cfg.qformer_layers, cfg.qformer_heads, cfg.qformer_ffn, width,
+            dropout=cfg.qformer_dropout,
+        )  # fmt: skip
         self.speech_Qformer.apply(_init_bert)
         self.speech_query_tokens = nn.Parameter(
             torch.zeros(1, cfg.num_speech_query_token, cfg.qformer_hidden).normal_(std=0.02)
@@ -191,16 +192,18 @@ class AudioLLM(nn.Module):
         fused = speech
         if self.beats is not None:
             pad = torch.arange(wav.shape[1], device=wav.device)[None, :] >= lengths[:, None]
-            audio, _ = self.beats.extract_features(wav.to(self.dtype), pad)
+            audio, token_pad = self.beats.extract_features(wav.to(self.dtype), pad)
             audio = self.ln_audio(audio)  # [b, t', d_a]
+            if token_pad is not None:
+                # tokens of the batch padding are zeroed, like the zero-padding below, so an
+                # item's audio tokens do not depend on its batch mates (batched == one by one)
+                audio = audio.masked_fill(token_pad[..., None], 0.0)
+            # Whisper's fixed window spans the clip (SALMONN: 1496 BEATs tokens <= 1500 frames
+            # for 30 s); extra tokens of a longer batch padding would only add windows
+            audio = audio[:, : speech.shape[1]]
             out["audio"] = audio
-            t = max(speech.shape[1], audio.shape[1])
             fused = torch.cat(
-                [
-                    F.pad(speech, (0, 0, 0, t - speech.shape[1])),
-                    F.pad(audio, (0, 0, 0, t - audio.shape[1])),
-                ],
-                dim=-1,
+                [speech, F.pad(audio, (0, 0, 0, speech.shape[1] - audio.shape[1]))], dim=-1
             )
         windows = split_windows(fused, self.window_kernel, self.window_stride)  # [b, w, k, c]
         qformer = self.speech_Qformer(self.speech_query_tokens, windows)  # [b, w*q, h]

@@ -63,6 +63,7 @@ class AudioLLMConfig:
     qformer_heads: int = 12
     qformer_ffn: int = 3072
     num_speech_query_token: int = 1  # queries per window; SALMONN uses 1 -> 88 tokens per 30 s
+    qformer_dropout: float = 0.1  # BERT hidden/attention dropout, as SALMONN trains it
     second_per_window: float = 0.333333  # 17 Whisper frames; shorter windows = more LLM tokens
     second_stride: float = 0.333333  # equal to the window: no overlap, as SALMONN
     # --- LLM: HF causal LM from a path, or random init from llm_config (needs "model_type")
@@ -113,6 +114,11 @@ class AudioLLMConfig:
             )
         _require(self.lora_rank >= 1, "lora_rank", f"must be >= 1, got {self.lora_rank}")
         _require(self.lora_alpha > 0, "lora_alpha", f"must be > 0, got {self.lora_alpha}")
+        _require(
+            0 <= self.qformer_dropout < 1,
+            "qformer_dropout",
+            f"must be in [0, 1), got {self.qformer_dropout}",
+        )
         _require(
             0 <= self.lora_dropout < 1,
             "lora_dropout",

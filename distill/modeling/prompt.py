@@ -94,9 +94,20 @@ def tokenize_answers(
 
 
 def make_tokenizer_info(tokenizer, name: str | None = None) -> TokenizerInfo:
-    """Identity of a tokenizer: each id decoded alone (length = len(tokenizer))."""
+    """Identity of a tokenizer: each id decoded alone (length = len(tokenizer)).
+
+    A word-initial token keeps its word boundary as a leading space in every family:
+    byte-level BPE ("Ġmoon", Qwen/Llama-3) decodes to " moon" already, while SentencePiece
+    ("▁moon", Vicuna/Llama-2) decodes alone to "moon" and is given the space back. So the
+    shared vocabulary of a Vicuna teacher and a Qwen student pairs " moon" with " moon".
+    """
     n = len(tokenizer)
     pieces = tokenizer.batch_decode([[i] for i in range(n)], clean_up_tokenization_spaces=False)
+    raw = tokenizer.convert_ids_to_tokens(list(range(n)))
+    pieces = [
+        " " + p if isinstance(r, str) and r.startswith("\u2581") and not p.startswith(" ") else p
+        for r, p in zip(raw, pieces)
+    ]
     if name is None:
         name = os.path.basename(os.path.normpath(tokenizer.name_or_path or "")) or "tokenizer"
     return TokenizerInfo(name=name, pieces=tuple(pieces))

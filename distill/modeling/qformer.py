@@ -52,7 +52,7 @@ class _SelfAttention(nn.Module):
             rearrange(proj(src), "b n (H e) -> b H n e", H=self.heads)
             for proj, src in ((self.query, x), (self.key, context), (self.value, context))
         )
-        p = DROPOUT if self.training else 0.0
+        p = getattr(self, "dropout_p", DROPOUT) if self.training else 0.0
         out = F.scaled_dot_product_attention(q, k, v, dropout_p=p, scale=1 / math.sqrt(q.shape[-1]))
         return rearrange(out, "b H n e -> b n (H e)")
 
@@ -139,13 +139,27 @@ class WindowQFormer(nn.Module):
         heads: attention heads (12).
         ffn: query FFN width (3072).
         encoder_width: c, Whisper width plus audio-encoder width (1280 + 768 = 2048).
+        dropout: hidden and attention dropout (BERT's 0.1, as SALMONN trains it).
     """
 
-    def __init__(self, hidden: int, layers: int, heads: int, ffn: int, encoder_width: int) -> None:
+    def __init__(
+        self,
+        hidden: int,
+        layers: int,
+        heads: int,
+        ffn: int,
+        encoder_width: int,
+        dropout: float = DROPOUT,
+    ) -> None:
         super().__init__()
         self.hidden = hidden
         self.encoder_width = encoder_width
         self.bert = _Bert(hidden, layers, heads, ffn, encoder_width)
+        for module in self.modules():
+            if isinstance(module, nn.Dropout):
+                module.p = dropout
+            elif isinstance(module, _SelfAttention):
+                module.dropout_p = dropout
 
     def forward(self, queries: Tensor, windows: Tensor) -> Tensor:
         """Run the queries against each window.
