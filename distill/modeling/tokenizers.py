@@ -95,6 +95,7 @@ def train_tiny_tokenizer(
     flavor: str = "bpe",
     texts: list[str] | None = None,
     vocab_size: int | None = None,
+    prefix_space: bool = False,
 ) -> str:
     """Train a tiny tokenizer and save it as a Hugging Face fast-tokenizer dir.
 
@@ -104,6 +105,8 @@ def train_tiny_tokenizer(
         texts: training texts; `default_corpus()` when None. Task prompts are always added.
         vocab_size: target size (bpe default 512 incl. the 256 bytes; unigram default 384;
             unigram may stop below it on a small corpus).
+        prefix_space: bpe only: add a space before the text, so a word is the same token
+            ("Ġgreen") first in a sentence as after a space (as Llama-2 does with "▁").
 
     Returns:
         `out_dir` as a string.
@@ -119,7 +122,7 @@ def train_tiny_tokenizer(
     corpus = list(_PROMPTS) + list(texts if texts is not None else default_corpus())
     if flavor == "bpe":
         tok = Tokenizer(models.BPE())
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=prefix_space)
         tok.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(
             vocab_size=vocab_size or 512,
@@ -145,6 +148,7 @@ def train_tiny_tokenizer(
         pad_token=spec["pad_token"],
         unk_token=spec["unk_token"],
         clean_up_tokenization_spaces=False,
+        **({"add_prefix_space": prefix_space} if flavor == "bpe" else {}),
     )
     fast.name_or_path = f"tiny-{flavor}-{len(fast)}"
     out = os.fspath(out_dir)
