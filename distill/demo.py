@@ -67,7 +67,9 @@ class DemoConfig:
         return replace(base, **kw)
 
 
-def _model_node(kind: str, tokenizer_dir: str, width: int, seed: int, window: float) -> dict[str, Any]:
+def _model_node(
+    kind: str, tokenizer_dir: str, width: int, seed: int, window: float
+) -> dict[str, Any]:
     """A tiny AudioLLM trained from scratch: encoder and LLM trainable, no LoRA."""
     from distill.modeling.tiny import tiny_config, tiny_whisper_config
 
@@ -201,7 +203,11 @@ def plan(cfg: DemoConfig, corpus: dict, tokenizers: dict) -> dict[str, Recipe]:
             cfg,
             "student_ce",
             student_model,
-            {"_component_": "losses.Compose", "terms": aid, "weights": {"ce": 1.0, "ctc": cfg.ctc_weight}},
+            {
+                "_component_": "losses.Compose",
+                "terms": aid,
+                "weights": {"ce": 1.0, "ctc": cfg.ctc_weight},
+            },
             cfg.student_steps,
             corpus,
         ),  # fmt: skip
@@ -230,7 +236,9 @@ def prepare(cfg: DemoConfig) -> tuple[dict[str, str], dict[str, str]]:
         tok_dir = out / "tokenizers" / f"bpe{size}"
         if not (tok_dir / "tokenizer.json").is_file():
             corpus_texts = corpus_texts or texts(out / "data")
-            train_tiny_tokenizer(tok_dir, flavor="bpe", texts=corpus_texts, vocab_size=size, prefix_space=True)
+            train_tiny_tokenizer(
+                tok_dir, flavor="bpe", texts=corpus_texts, vocab_size=size, prefix_space=True
+            )
         tokenizers[role] = str(tok_dir)
     return corpus, tokenizers
 

@@ -46,7 +46,7 @@ def test_closed_form_two_frames_one_token():
     g = torch.Generator().manual_seed(0)
     speech = torch.randn(1, 2, D, generator=g, dtype=torch.float64)
     out = _outputs(speech, torch.tensor([[2, 3]]), [1], ["asr"])
-    p = torch.softmax(loss_fn.head(speech)[0], -1)
+    p = torch.softmax(loss_fn.head(speech)[0], -1).detach()
     y, b = 2, V
     # paths: (y, y), (y, blank), (blank, y); denominator: 2 answer tokens (word + end_sym)
     expected = -math.log(p[0, y] * p[1, y] + p[0, y] * p[1, b] + p[0, b] * p[1, y]) / 2
