@@ -265,6 +265,21 @@ def parse_cli_args(
     return Recipe.from_yaml(args.config, overrides=args.overrides), args
 
 
+def main(argv: list[str] | None = None, default_config: str | None = None) -> int:
+    """Entry point of recipes/*.py: parse the command line, fit, then evaluate/report if asked."""
+    recipe, actions = parse_cli_args(argv, default_config=default_config)
+    return _execute(recipe, actions)
+
+
+def _execute(recipe: Recipe, actions: argparse.Namespace) -> int:
+    recipe.fit()
+    if actions.evaluate or actions.report:
+        recipe.evaluate()
+    if actions.report:
+        print(f"report: {recipe.report()}")
+    return 0
+
+
 def add_arguments(parser: argparse.ArgumentParser, default_config: str | None = None) -> None:
     parser.add_argument(
         "--config", default=default_config, required=default_config is None, help="recipe YAML"
@@ -275,10 +290,5 @@ def add_arguments(parser: argparse.ArgumentParser, default_config: str | None = 
 
 
 def run(args: argparse.Namespace) -> int:
-    recipe = Recipe.from_yaml(args.config, overrides=args.overrides)
-    recipe.fit()
-    if args.evaluate or args.report:
-        recipe.evaluate()
-    if args.report:
-        print(f"report: {recipe.report()}")
-    return 0
+    """`distill train --config FILE key=value ...`."""
+    return _execute(Recipe.from_yaml(args.config, overrides=args.overrides), args)

@@ -13,14 +13,7 @@ Override any field:
 The loop lives once, in `distill`; this file only builds the Recipe and runs it.
 """
 
-import sys
-
-from distill.recipe import parse_cli_args
+from distill.recipe import main
 
 if __name__ == "__main__":
-    recipe, actions = parse_cli_args(sys.argv[1:], default_config="recipes/configs/kl_ce.yaml")
-    recipe.fit()
-    if actions.evaluate or actions.report:
-        recipe.evaluate()
-    if actions.report:
-        print(f"report: {recipe.report()}")
+    raise SystemExit(main(default_config="recipes/configs/kl_ce.yaml"))
