@@ -247,11 +247,12 @@ class Trainer:
         self.step_module.train()
         last: dict[str, Any] = {}
         window_start, window_items = time.perf_counter(), 0
+        run_start, run_items = time.perf_counter(), 0  # for the progress bar's throughput
         while self.step < r.optim.max_steps:
             batches = [self.stream.next(self.step) for _ in range(grad_accum)]
             record = self.train_step(batches)
-            step_loss = record["loss"]
             window_items += sum(len(b) for b in batches)
+            run_items += sum(len(b) for b in batches) * world
             if (
                 self.step % r.train.log_every == 0
                 or self.step == 1
@@ -262,7 +263,7 @@ class Trainer:
                 window_start, window_items = time.perf_counter(), 0
                 self._log(record)
             bar.update(1)
-            bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{record['lr']:.2e}")
+            bar.set_postfix(self._postfix(record, run_items, run_start), refresh=False)
             last = record
             if r.train.eval_every and self.step % r.train.eval_every == 0:
                 self._log({"step": self.step, **self.validate()})
@@ -282,6 +283,17 @@ class Trainer:
             last.update(last_valid)
         self._save_final()
         return {"step": self.step, "last": last, "output_dir": str(self.out)}
+
+    @staticmethod
+    def _postfix(record: dict[str, Any], items: int, since: float) -> dict[str, str]:
+        """Progress-bar fields: loss, up to three loss terms, lr and items per second."""
+        out = {"loss": f"{record['loss']:.4f}"}
+        terms = [k for k in record if "/" in k and not k.endswith(("/loss", "/weight"))]
+        for key in terms[:3]:
+            out[key.split("/")[-1] if key.count("/") == 1 else key] = f"{record[key]:.3g}"
+        out["lr"] = f"{record['lr']:.2e}"
+        out["it/s"] = f"{items / max(time.perf_counter() - since, 1e-9):.1f}"
+        return out
 
     def train_step(self, batches: list[AudioBatch]) -> dict[str, Any]:
         """One optimizer step over `grad_accum` micro-batches; returns the log record."""
