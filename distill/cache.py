@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from distill.contracts import TeacherSignals
 
@@ -271,7 +271,3 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"cache written and verified: {out}")
     return 0
-
-
-def load_shard(path: Path) -> dict[str, torch.Tensor]:
-    return load_file(path)

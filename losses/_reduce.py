@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from distill.contracts import ModelOutputs, TeacherSignals
+from distill.contracts import LossOutput, ModelOutputs, TeacherSignals
 
 
 class LossInputError(ValueError):
@@ -85,6 +85,24 @@ def check_result(name: str, loss: Tensor, **inputs: Tensor | None) -> None:
             if bool((x.detach() == -math.inf).all(dim=-1).any()):
                 raise NonFiniteError(f"{input_name} has a row that is -inf everywhere")
     raise NonFiniteError(f"{name} is not finite ({float(loss.detach())}) although its inputs are")
+
+
+def finish_with_ce(
+    owner: str,
+    loss: Tensor,
+    metrics: dict,
+    per_token_ce: Tensor | None,
+    ce_weight: float,
+    student: ModelOutputs,
+) -> LossOutput:
+    """Add `ce_weight` x the student's masked-mean CE (when given), check, and package."""
+    if per_token_ce is not None:
+        ce = masked_mean(per_token_ce, student.mask, student.num_tokens)
+        loss = loss + ce_weight * ce
+        metrics["ce"] = ce.detach()
+    check_result(f"{owner} loss", loss)
+    metrics["loss"] = loss.detach()
+    return LossOutput(loss=loss, metrics=metrics)
 
 
 def check_pair(student: ModelOutputs, teacher: TeacherSignals, owner: str) -> None:

@@ -42,6 +42,7 @@ from losses._reduce import (
     check_pair,
     check_result,
     chunked,
+    finish_with_ce,
     masked_mean,
     upcast,
 )
@@ -157,14 +158,8 @@ class MultiLevelOT(nn.Module):
             "ot": ot.detach(),
             "kd": kd.detach(),
         }
-        loss = kd
-        if with_ce:
-            ce = masked_mean(terms["ce"], student.mask, nt)
-            loss = loss + self.ce_weight * ce
-            metrics["ce"] = ce.detach()
-        check_result("MultiLevelOT loss", loss)
-        metrics["loss"] = loss.detach()
-        return LossOutput(loss=loss, metrics=metrics)
+        ce = terms["ce"] if with_ce else None
+        return finish_with_ce("MultiLevelOT", kd, metrics, ce, self.ce_weight, student)
 
     def divergence(self, student: ModelOutputs, teacher: TeacherSignals) -> LossOutput:
         """The KD terms alone (no CE), for `DDAT`."""

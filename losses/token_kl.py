@@ -47,8 +47,8 @@ from losses._reduce import (
     LossInputError,
     check_finite,
     check_pair,
-    check_result,
     chunked,
+    finish_with_ce,
     masked_mean,
     require_tokens,
     upcast,
@@ -363,13 +363,8 @@ class TokenKL(nn.Module):
         }
         if self.bridge is not None:
             metrics["bridge_ce"] = bridge_ce.detach()
-        if with_ce:
-            ce = masked_mean(terms["ce"], student.mask, nt)
-            loss = loss + self.ce_weight * ce
-            metrics["ce"] = ce.detach()
-        check_result("TokenKL loss", loss)
-        metrics["loss"] = loss.detach()
-        return LossOutput(loss=loss, metrics=metrics)
+        ce = terms["ce"] if with_ce else None
+        return finish_with_ce("TokenKL", loss, metrics, ce, self.ce_weight, student)
 
 
 def bridge_dtype(bridge: nn.Module) -> torch.dtype:

@@ -17,17 +17,15 @@ from distill._instantiate import instantiate
 
 def evaluate_one(model, out_dir: Path, *, name: str, role: str, recipe, model_dir=None) -> dict:
     """Accuracy on `data.test` plus the configured efficiency protocols for one model."""
-    from distill.eval.efficiency import PROTOCOLS
+    from distill.eval.efficiency import run_protocols
     from distill.eval.io import read_test_items
     from distill.eval.runner import evaluate_model, write_outputs
 
     e, progress = recipe.eval, recipe.train.progress
     model.eval()
-    efficiency = {}
-    # the baseline protocol reads the never-reset CUDA peak, so it runs before strict
-    for proto in sorted(e.efficiency, key=list(PROTOCOLS).index):
-        kwargs = {"warmup": e.warmup, "runs": e.iters, "progress": progress}
-        efficiency[proto] = PROTOCOLS[proto](model, **kwargs)
+    efficiency = run_protocols(
+        model, e.efficiency, warmup=e.warmup, runs=e.iters, progress=progress
+    )
     result = None
     if recipe.data.test:
         result = evaluate_model(

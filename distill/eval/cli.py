@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from distill.eval.efficiency import PROTOCOLS
+from distill.eval.efficiency import PROTOCOLS, run_protocols
 
 log = logging.getLogger(__name__)
 
@@ -149,13 +149,10 @@ def run(args: argparse.Namespace) -> int:
         if args.dtype != "auto":
             model = model.to(dtype=resolve_dtype(args.dtype, device))
         name, model_dir = args.name or Path(args.model).resolve().name, args.model
-    efficiency = {}
-    # baseline first: it reads the never-reset peak, which strict resets
-    for proto in sorted(protocols, key=list(PROTOCOLS).index):
-        efficiency[proto] = PROTOCOLS[proto](
-            model, warmup=args.warmup, runs=args.runs, clip_seconds=args.clip_seconds,
-            progress=progress, **({"decode_tokens": args.decode_tokens} if proto == "strict" else {}),
-        )  # fmt: skip
+    efficiency = run_protocols(
+        model, protocols, warmup=args.warmup, runs=args.runs, decode_tokens=args.decode_tokens,
+        clip_seconds=args.clip_seconds, progress=progress,
+    )  # fmt: skip
     result = None
     if args.data and not args.random_init:
         result = evaluate_model(

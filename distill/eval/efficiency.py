@@ -372,3 +372,27 @@ def describe_device(device: torch.device) -> str:
 
 
 PROTOCOLS: dict[str, Callable[..., dict]] = {"baseline": measure_baseline, "strict": measure_strict}
+
+
+def run_protocols(
+    model: nn.Module,
+    names: list[str],
+    *,
+    warmup: int = 10,
+    runs: int = 100,
+    decode_tokens: int = 32,
+    clip_seconds: float = 10.0,
+    progress: bool = True,
+) -> dict[str, dict]:
+    """Run the named protocols; baseline first, since it reads the never-reset CUDA peak
+    that strict resets."""
+    unknown = [n for n in names if n not in PROTOCOLS]
+    if unknown:
+        raise ValueError(f"unknown efficiency protocol(s) {unknown}; choose from {list(PROTOCOLS)}")
+    out = {}
+    for name in sorted(names, key=list(PROTOCOLS).index):
+        extra = {"decode_tokens": decode_tokens} if name == "strict" else {}
+        out[name] = PROTOCOLS[name](
+            model, warmup=warmup, runs=runs, clip_seconds=clip_seconds, progress=progress, **extra
+        )
+    return out
