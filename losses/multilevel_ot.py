@@ -58,10 +58,11 @@ def sorted_topk_probs(
     targets: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Steps 1-3 above: per-sequence ranked probabilities q [b, n, k] and CE [b, n] (0 without
-    targets). Chunked with a closed-form backward (`losses._fused_ot`)."""
-    if targets is None:
-        targets = torch.zeros(logits.shape[:2], dtype=torch.long, device=logits.device)
+    targets; without targets and gradients the CE is skipped). Blocked with a closed-form
+    backward (`losses._fused_ot`)."""
     if torch.is_grad_enabled() and logits.requires_grad:
+        if targets is None:  # the kernel's backward always has a CE slot; it gets zero grad
+            targets = torch.zeros(logits.shape[:2], dtype=torch.long, device=logits.device)
         return StdTopkProbs.apply(logits, mask, targets, k, temperature, chunk_size)
     q, ce, *_ = std_topk_forward(logits, mask, targets, k, temperature, chunk_size)
     return q, ce
