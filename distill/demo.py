@@ -33,29 +33,44 @@ class DemoConfig:
 
     out_dir: str = "distill_demo"
     seed: int = 0
-    n_speech: int = 1600  # synthetic ASR clips (2-5 words from a fixed vocabulary)
-    n_sounds: int = 600  # synthetic captioning clips (several references each)
-    # speech difficulty: REFERENCE.md's learnable setting (20 words, 6 voices), light noise,
-    # no reverberation; `distill synth` makes the harder full corpus
-    speech: dict = field(
+    n_speech: int = 1600  # synthetic ASR clips (2-4 words from a fixed vocabulary)
+    n_sounds: int = 400  # synthetic captioning clips (several references each)
+    # corpus difficulty (`make_corpus` parameters): a small learnable setting, 12 words, 4
+    # voices, no reverberation, sound events of 0.3-0.7 s so every clip fits the 2.4 s
+    # window; `distill synth` makes the harder full corpus
+    corpus: dict = field(
         default_factory=lambda: {
-            "vocab_size": 20,
-            "voices": ["en", "en-us", "en-gb-x-rp", "en-029", "en-us+f3", "en+m3"],
-            "rate": [150, 200],
+            "vocab_size": 12,
+            "max_words": 4,
+            "voices": ["en", "en-us", "en-gb-x-rp", "en+m3"],
+            "rate": [160, 190],
             "reverb_prob": 0.0,
+            "event_seconds": [0.3, 0.7],
         }
     )
-    teacher_steps: int = 1500  # optimizer steps for the teacher
-    student_steps: int = 800  # the same for both students (fair comparison)
+    # teacher test WER measured here with a 10 % warm-up: 6.6 % at 1200 steps (seed 0),
+    # 35.3 % at 1000 (seed 1); it learns the alignment late, then fast
+    teacher_steps: int = 1200  # optimizer steps for the teacher
+    student_steps: int = 500  # the same for both students (fair comparison)
     batch_size: int = 16
     lr: float = 1e-3  # peak LR of bridge and LLM; the encoder and CTC head get 3x
+    # linear warm-up shares, then cosine decay to 5 %. Teacher, 1200 steps, seed 0: a 10 %
+    # warm-up reached valid token accuracy 0.93 (test WER 6.6 %) where 30 % reached 0.74
+    # (WER 47.7 %). The students keep the earlier 30 %; at 500 steps, seed 0, valid CE was
+    # 1.562 (distilled) / 1.589 (CE-only) with 30 % and 1.589 / 1.560 with 10 %, so this
+    # choice moves the comparison: README reports both.
+    teacher_warmup: float = 0.1
+    student_warmup: float = 0.3
     # CTCAux divides by all answer tokens of the batch (captions included), so its weight
     # here is about 3x REFERENCE.md's 0.5 on a per-ASR-token mean
     ctc_weight: float = 1.5
     second_per_window: float = 0.17  # finer Q-Former windows than SALMONN's 0.33 s: short words
+    # the tiny Whisper's fixed input window (real Whisper: 30 s); the encoder's cost scales
+    # with it; the longest clip of the corpus above is 2.12 s (speech 1.62 s)
+    window_seconds: float = 2.4
     teacher_width: int = 128  # teacher Whisper and LLM width
     student_width: int = 64  # student Whisper and LLM width (about 3x fewer parameters)
-    eval_iters: int = 20  # efficiency protocol timed runs (the field uses 100)
+    eval_iters: int = 10  # efficiency protocol timed runs (the field uses 100)
     num_workers: int = 1
     progress: bool = True
 
@@ -68,7 +83,7 @@ class DemoConfig:
 
 
 def _model_node(
-    kind: str, tokenizer_dir: str, width: int, seed: int, window: float
+    kind: str, tokenizer_dir: str, width: int, seed: int, window: float, seconds: float
 ) -> dict[str, Any]:
     """A tiny AudioLLM trained from scratch: encoder and LLM trainable, no LoRA."""
     from distill.modeling.tiny import tiny_config, tiny_whisper_config
@@ -76,7 +91,7 @@ def _model_node(
     cfg = tiny_config(
         kind,
         tokenizer_dir,
-        whisper_config=tiny_whisper_config(d=width, layers=2),
+        whisper_config=tiny_whisper_config(d=width, layers=2, seconds=seconds),
         freeze_whisper=False,
         freeze_llm=False,
         lora=False,
@@ -101,6 +116,7 @@ def _ctc(width: int, tokenizer_dir: str) -> dict[str, Any]:
 def _recipe(
     cfg: DemoConfig, name: str, student: dict, loss: dict, steps: int, corpus: dict, teacher=None
 ) -> Recipe:
+    warmup = cfg.teacher_warmup if name == "teacher" else cfg.student_warmup
     return Recipe.from_dict(
         {
             "name": name,
@@ -120,7 +136,7 @@ def _recipe(
             "optim": {
                 "lr": cfg.lr,
                 "min_lr_ratio": 0.05,
-                "warmup_steps": max(1, (3 * steps) // 10),  # one-cycle-like: 30 % warm-up
+                "warmup_steps": max(1, round(warmup * steps)),
                 "max_steps": steps,
                 "weight_decay": 0.01,
                 # CE + CTC gradients of a from-scratch model have norms of 2-4: clipping at 1
@@ -152,8 +168,9 @@ def plan(cfg: DemoConfig, corpus: dict, tokenizers: dict) -> dict[str, Recipe]:
     """The three recipes: teacher, distilled student, CE-only baseline student."""
     tw, sw = cfg.teacher_width, cfg.student_width
     win = cfg.second_per_window
-    teacher_model = _model_node("teacher", tokenizers["teacher"], tw, cfg.seed, win)
-    student_model = _model_node("student", tokenizers["student"], sw, cfg.seed + 1, win)
+    secs = cfg.window_seconds
+    teacher_model = _model_node("teacher", tokenizers["teacher"], tw, cfg.seed, win, secs)
+    student_model = _model_node("student", tokenizers["student"], sw, cfg.seed + 1, win, secs)
     ctc_t, ctc_s = _ctc(tw, tokenizers["teacher"]), _ctc(sw, tokenizers["student"])
     teacher_dir = Path(cfg.out_dir) / "teacher" / "model"
     aid = {"ce": {"_component_": "losses.CE"}, "ctc": ctc_s}
@@ -225,7 +242,7 @@ def prepare(cfg: DemoConfig) -> tuple[dict[str, str], dict[str, str]]:
 
     out = Path(cfg.out_dir)
     corpus = make_corpus(
-        out / "data", seed=cfg.seed, n_speech=cfg.n_speech, n_sounds=cfg.n_sounds, **cfg.speech
+        out / "data", seed=cfg.seed, n_speech=cfg.n_speech, n_sounds=cfg.n_sounds, **cfg.corpus
     )
     tokenizers = {}
     corpus_texts = None

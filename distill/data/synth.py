@@ -59,6 +59,7 @@ class CorpusParams:
     rate: tuple[int, int] = (140, 220)  # espeak words per minute
     pitch: tuple[int, int] = (30, 70)  # espeak base pitch, 0-100
     reverb_prob: float = 0.3
+    event_seconds: tuple[float, float] = (0.6, 1.4)  # length of each sound event
     n_references: int = 5
     version: dict = field(
         default_factory=lambda: {"generator": GENERATOR_VERSION, "chunk": CHUNK_SIZE}
@@ -67,6 +68,11 @@ class CorpusParams:
     def __post_init__(self) -> None:
         self.splits = tuple(float(s) for s in self.splits)
         self.voices, self.rate, self.pitch = tuple(self.voices), tuple(self.rate), tuple(self.pitch)
+        self.event_seconds = tuple(float(x) for x in self.event_seconds)
+        if len(self.event_seconds) != 2 or not 0 < self.event_seconds[0] <= self.event_seconds[1]:
+            raise ValueError(
+                f"event_seconds must be (shortest, longest) > 0 seconds, got {self.event_seconds}"
+            )
         if len(self.splits) != 3 or min(self.splits) < 0 or abs(sum(self.splits) - 1) > 1e-6:
             raise ValueError(
                 f"splits must be 3 non-negative shares summing to 1, got {self.splits}"
@@ -135,7 +141,7 @@ def _plan(p: CorpusParams) -> tuple[list[SpeechSpec], list[SoundSpec]]:
         )
         for text in phrases
     ]
-    sounds = [plan_sound(rng, int(rng.integers(2**31))) for _ in range(p.n_sounds)]
+    sounds = [plan_sound(rng, int(rng.integers(2**31)), p.event_seconds) for _ in range(p.n_sounds)]
     return speech, sounds
 
 
@@ -265,6 +271,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-words", type=int, default=2)
     parser.add_argument("--max-words", type=int, default=5)
     parser.add_argument(
+        "--event-seconds",
+        type=float,
+        nargs=2,
+        default=(0.6, 1.4),
+        metavar=("MIN", "MAX"),
+        help="length of each sound event (a clip holds one or two)",
+    )
+    parser.add_argument(
         "--splits", type=float, nargs=3, default=(0.8, 0.1, 0.1), metavar=("TRAIN", "VALID", "TEST")
     )
     parser.add_argument("--workers", type=int, default=None, help="processes (default: CPU count)")
@@ -279,6 +293,7 @@ def run(args: argparse.Namespace) -> int:
         args.out, seed=args.seed, n_speech=args.n_speech, n_sounds=args.n_sounds,
         splits=tuple(args.splits), workers=args.workers, force=args.force,
         vocab_size=args.vocab_size, min_words=args.min_words, max_words=args.max_words,
+        event_seconds=tuple(args.event_seconds),
     )  # fmt: skip
     manifest = json.loads((Path(args.out) / "manifest.json").read_text())
     print(f"corpus in {args.out} ({manifest['hours']:.3f} h, {time.perf_counter() - t0:.1f} s):")

@@ -90,26 +90,31 @@ class SoundSpec:
         return refs
 
 
-def random_event(rng: np.random.Generator, kinds=KINDS) -> Event:
+def random_event(
+    rng: np.random.Generator, kinds=KINDS, seconds: tuple[float, float] = (0.6, 1.4)
+) -> Event:
     kind = str(rng.choice(kinds))
     return Event(
         kind=kind,
         pitch=str(rng.choice(list(PITCH_HZ))),
         count=int(rng.integers(2, 6)),
         speed=str(rng.choice(["slow", "fast"])),
-        seconds=float(rng.uniform(0.6, 1.4)),
+        seconds=float(rng.uniform(*seconds)),
     )
 
 
-def plan_sound(rng: np.random.Generator, seed: int) -> SoundSpec:
-    """Draw one clip's events and layout."""
+def plan_sound(
+    rng: np.random.Generator, seed: int, event_seconds: tuple[float, float] = (0.6, 1.4)
+) -> SoundSpec:
+    """Draw one clip's events and layout; each event lasts U(event_seconds) seconds."""
     layout = str(rng.choice(["single", "sequence", "over"], p=[0.4, 0.4, 0.2]))
-    first = random_event(rng, [k for k in KINDS if k != "noise"] if layout == "over" else KINDS)
+    kinds = [k for k in KINDS if k != "noise"] if layout == "over" else KINDS
+    first = random_event(rng, kinds, event_seconds)
     events = (first,)
     if layout == "sequence":
-        second = random_event(rng)
+        second = random_event(rng, seconds=event_seconds)
         while second.kind == first.kind:
-            second = random_event(rng)
+            second = random_event(rng, seconds=event_seconds)
         events = (first, second)
     return SoundSpec(events, layout, seed)
 

@@ -138,3 +138,17 @@ def test_sound_captions_follow_the_events():
         SoundSpec((Event("tone", pitch="low"),), "over", 0).caption()
         == "a low tone over background noise"
     )
+
+
+def test_event_seconds_bounds_sound_clips_and_is_validated(tmp_path):
+    """Events of 0.3-0.4 s: a clip is at most pad + event + gap + event + pad = 1.8 s."""
+    from distill.data.synth_sounds import plan_sound, render_sound
+
+    rng = np.random.default_rng(0)
+    specs = [plan_sound(rng, i, (0.3, 0.4)) for i in range(60)]
+    assert all(0.3 <= ev.seconds <= 0.4 for spec in specs for ev in spec.events)
+    assert any(len(spec.events) == 2 for spec in specs)
+    longest = max(len(render_sound(spec)) for spec in specs) / 16_000
+    assert 0.5 < longest <= 1.8
+    with pytest.raises(ValueError, match="event_seconds"):
+        make_corpus(tmp_path / "bad", n_speech=0, n_sounds=2, event_seconds=(0.5, 0.2))
