@@ -114,9 +114,15 @@ def _ctc(width: int, tokenizer_dir: str) -> dict[str, Any]:
 
 
 def _recipe(
-    cfg: DemoConfig, name: str, student: dict, loss: dict, steps: int, corpus: dict, teacher=None
+    cfg: DemoConfig,
+    name: str,
+    student: dict,
+    loss: dict,
+    steps: int,
+    warmup: float,
+    corpus: dict,
+    teacher=None,
 ) -> Recipe:
-    warmup = cfg.teacher_warmup if name == "teacher" else cfg.student_warmup
     return Recipe.from_dict(
         {
             "name": name,
@@ -205,6 +211,7 @@ def plan(cfg: DemoConfig, corpus: dict, tokenizers: dict) -> dict[str, Recipe]:
                 "weights": {"ce": 1.0, "ctc": cfg.ctc_weight},
             },
             cfg.teacher_steps,
+            cfg.teacher_warmup,
             corpus,
         ),  # fmt: skip
         "student_kd": _recipe(
@@ -213,6 +220,7 @@ def plan(cfg: DemoConfig, corpus: dict, tokenizers: dict) -> dict[str, Recipe]:
             student_model,
             distill_loss,
             cfg.student_steps,
+            cfg.student_warmup,
             corpus,
             teacher={"_component_": "teachers.AudioLLMTeacher", "path": str(teacher_dir)},
         ),  # fmt: skip
@@ -226,6 +234,7 @@ def plan(cfg: DemoConfig, corpus: dict, tokenizers: dict) -> dict[str, Recipe]:
                 "weights": {"ce": 1.0, "ctc": cfg.ctc_weight},
             },
             cfg.student_steps,
+            cfg.student_warmup,
             corpus,
         ),  # fmt: skip
     }
