@@ -7,7 +7,12 @@ A run dir holds `config.yaml`, `train_log.jsonl` (one JSON object per logged ste
 {"step", "loss", "<term>", "lr", ...}), `eval/metrics.json` (written by `distill eval`) and
 `model/`. Any piece may be missing (a released teacher has no training log). For every metric
 the report lists each run, the teacher and the run/teacher ratio, and it says in one sentence
-per quality metric whether each distilled student beat the CE-only baseline student.
+per quality metric whether each distilled student beats, ties or loses to the CE-only baseline
+student. The verdict follows the paired bootstrap 95 % CI of the difference over the test items
+(`distill.stats`, from each run's eval/predictions.jsonl); without per-item scores there is no
+CI and no verdict. "Gap closed" is (CE - KD) / (CE - teacher). An efficiency ratio is marked
+"(noise)" when the spread of the timed repeats (p90 - p10, else std; averaged over the run and
+the teacher) exceeds the difference (`is_noise`).
 
 Roles come from metrics.json (`model.role`), else from config.yaml (no teacher -> baseline).
 The teacher is `teacher=NAME` (a run dir name or model name), else the run whose role is
@@ -23,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
+from distill import stats
 
 # quality metrics: (task-level key, label, better, scale)
 _QUALITY = {"wer": ("WER %", "lower"), "cider_d": ("CIDEr-D", "higher"),
@@ -56,6 +63,7 @@ class Metric:
     better: str  # "lower" | "higher" | ""
     kind: str  # "quality" | "efficiency" | "size"
     unit: str = ""
+    spread: float | None = None  # of the timed repeats: p90 - p10, else std (efficiency only)
 
 
 @dataclass
@@ -68,6 +76,8 @@ class Run:
     config_text: str | None = None
     train_log: list[dict] = field(default_factory=list)
     table: dict[str, Metric] = field(default_factory=dict)
+    items: dict | None = None  # {task: {id: per-item scores}} from eval/predictions.jsonl
+    items_note: str = ""  # why `items` is None
 
 
 # ---- loading --------------------------------------------------------------------------------
@@ -113,7 +123,16 @@ def load_run(path: str | Path) -> Run:
         _read_train_log(path / "train_log.jsonl"),
     )
     run.table = flatten_metrics(metrics)
+    try:
+        run.items = stats.load_item_scores(mfile.parent if mfile else path)
+    except (FileNotFoundError, stats.MissingItemScores) as err:
+        run.items_note = str(err)
     return run
+
+
+def _spread(eff: dict, name: str) -> float | None:
+    lo, hi = eff.get(f"{name}_p10"), eff.get(f"{name}_p90")
+    return hi - lo if lo is not None and hi is not None else eff.get(f"{name}_std")
 
 
 def flatten_metrics(metrics: dict) -> dict[str, Metric]:
@@ -143,8 +162,9 @@ def flatten_metrics(metrics: dict) -> dict[str, Metric]:
                 label = f"memory GiB ({eff.get('memory_kind', '?')})"
             stat = " median" if proto != "baseline" and name.endswith("_s") else ""
             out[f"{proto}/{name}"] = Metric(
-                f"{proto}/{name}", f"[{proto}] {label}{stat}", eff[name], better, "efficiency"
-            )
+                f"{proto}/{name}", f"[{proto}] {label}{stat}", eff[name], better, "efficiency",
+                spread=_spread(eff, name),
+            )  # fmt: skip
     model = metrics.get("model") or {}
     for key, label in (
         ("params_total", "params total (M)"),
@@ -191,8 +211,19 @@ def ratio(value: float | None, ref: float | None) -> float | None:
     return value / ref
 
 
+def is_noise(run: Metric | None, teacher: Metric | None) -> bool | None:
+    """True when the spread of the repeats (p90 - p10, else std; the mean of the two runs'
+    spreads, or the one stored) reaches |run - teacher|: for symmetric repeats, their p10-p90
+    ranges overlap. None when neither stores a spread or a value is missing."""
+    if run is None or teacher is None or run.value is None or teacher.value is None:
+        return None
+    spreads = [m.spread for m in (run, teacher) if m.spread is not None]
+    return sum(spreads) / len(spreads) >= abs(run.value - teacher.value) if spreads else None
+
+
 def metric_rows(runs: list[Run], teacher: Run | None) -> list[dict]:
-    """One row per metric key (in first-seen order): values per run, teacher, ratios."""
+    """One row per metric key (in first-seen order): values per run, teacher, ratios, and
+    for efficiency metrics whether each ratio is within the noise of the repeats."""
     keys: dict[str, Metric] = {}
     for r in runs:
         for k, m in r.table.items():
@@ -205,6 +236,8 @@ def metric_rows(runs: list[Run], teacher: Run | None) -> list[dict]:
             "key": k, "label": m.label, "better": m.better, "kind": m.kind, "values": values,
             "teacher": t,
             "ratios": {r.name: ratio(values[r.name], t) for r in runs if teacher is None or r is not teacher},
+            "noise": {r.name: is_noise(r.table.get(k), teacher.table.get(k)) for r in runs
+                      if r is not teacher} if teacher and m.kind == "efficiency" else {},
         })  # fmt: skip
     return rows
 
@@ -217,8 +250,45 @@ def _fmt(v: float | None, digits: int = 4) -> str:
     return f"{v:.{digits}g}"
 
 
-def verdicts(runs: list[Run], baseline: Run | None, rows: list[dict]) -> list[str]:
-    """One sentence per (distilled run, quality metric) with the numbers."""
+def _compare(row: dict, s: Run, baseline: Run, teacher: Run | None) -> dict:
+    """One distilled-vs-CE-only comparison on one quality metric: CI, verdict, gap closed."""
+    task, name = row["key"].rsplit("/", 1)
+    v, b = row["values"].get(s.name), row["values"].get(baseline.name)
+    t = row["teacher"] if teacher is not None else None
+    out = {"metric": row["key"], "label": row["label"], "better": row["better"], "run": s.name,
+           "baseline": baseline.name, "value": v, "baseline_value": b, "teacher_value": t,
+           "diff": None if v is None or b is None else v - b, "lo": None, "hi": None,
+           "verdict": None, "gap_closed": stats.gap_closed(b, v, t), "n_items": None, "note": ""}  # fmt: skip
+    missing = [r for r in (baseline, s) if r.items is None or task not in r.items]
+    if missing:
+        why = missing[0].items_note or f"no per-item {task} scores"
+        out["note"] = f"no per-item scores: no CI (`{missing[0].name}`: {why})"
+        return out
+    try:
+        out.update(stats.compare_items(baseline.items[task], s.items[task], name))
+    except (KeyError, ValueError) as err:  # different test sets, a metric missing per item
+        out["note"] = f"no CI ({err})"
+    return out
+
+
+def comparisons(
+    runs: list[Run], baseline: Run | None, teacher: Run | None, rows: list[dict]
+) -> list[dict]:
+    """Every (distilled run, quality metric with per-item scores) against the CE-only run."""
+    if baseline is None:
+        return []
+    students = [r for r in runs if r.role not in ("teacher", "baseline") and r is not baseline]
+    quality = [
+        r for r in rows if r["kind"] == "quality" and r["key"].rsplit("/", 1)[1] in stats.METRICS
+    ]
+    return [_compare(row, s, baseline, teacher) for row in quality for s in students]
+
+
+_VERB = {"beats": "beats", "ties": "ties", "loses": "loses to"}
+
+
+def verdicts(runs: list[Run], baseline: Run | None, compared: list[dict]) -> list[str]:
+    """One sentence per comparison with the numbers, the CI and the gap closed."""
     students = [r for r in runs if r.role not in ("teacher", "baseline") and r is not baseline]
     if baseline is None:
         return [
@@ -229,23 +299,24 @@ def verdicts(runs: list[Run], baseline: Run | None, rows: list[dict]) -> list[st
             f"Only the baseline student `{baseline.name}` was given; no distilled student to compare."
         ]
     out = []
-    for row in (r for r in rows if r["kind"] == "quality"):
-        b = row["values"].get(baseline.name)
-        for s in students:
-            v = row["values"].get(s.name)
-            if v is None or b is None:
-                out.append(
-                    f"{row['label']}: cannot compare `{s.name}` with baseline "
-                    f"`{baseline.name}` (missing value)."
-                )
-                continue
-            diff = v - b
-            beat = diff < 0 if row["better"] == "lower" else diff > 0
-            verb = "beat" if beat else ("tied" if diff == 0 else "did not beat")
+    for c in compared:
+        who = f"`{c['run']}` ({_fmt(c['value'])})"
+        base = f"the CE-only baseline `{c['baseline']}` ({_fmt(c['baseline_value'])})"
+        if c["diff"] is None:
+            out.append(f"{c['label']}: cannot compare {who} with {base} (missing value).")
+            continue
+        gap = "" if c["gap_closed"] is None else f"; gap closed {c['gap_closed']:.2f}"
+        if c["verdict"] is None:
             out.append(
-                f"{row['label']}: distilled `{s.name}` ({_fmt(v)}) {verb} the CE-only baseline "
-                f"`{baseline.name}` ({_fmt(b)}); difference {diff:+.4g} ({row['better']} is better)."
+                f"{c['label']}: distilled {who} vs {base}: difference {c['diff']:+.4g} "
+                f"({c['better']} is better){gap}; {c['note']}, so no verdict."
             )
+            continue
+        out.append(
+            f"{c['label']}: distilled {who} {_VERB[c['verdict']]} {base}; difference "
+            f"{c['diff']:+.4g}, {stats.format_ci(c, 4)} (paired bootstrap over {c['n_items']} "
+            f"test items; {c['better']} is better){gap}."
+        )
     return out
 
 
@@ -275,7 +346,8 @@ def write_report(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = metric_rows(runs, t_run)
-    sentences = verdicts(runs, b_run, rows)
+    compared = comparisons(runs, b_run, t_run, rows)
+    sentences = verdicts(runs, b_run, compared)
     plots = make_plots(runs, rows, t_run, out)
     summary = {
         "title": title,
@@ -292,30 +364,54 @@ def write_report(
         ],  # fmt: skip
         "rows": rows,
         "verdicts": sentences,
+        "comparisons": compared,
         "plots": [p.name for p in plots],
     }
     (out / "metrics.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     (out / "report.md").write_text(
-        render_markdown(title, runs, rows, t_run, sentences, plots), encoding="utf-8"
+        render_markdown(title, runs, rows, t_run, sentences, plots, compared), encoding="utf-8"
     )
     (out / "report.html").write_text(
-        render_html(title, runs, rows, t_run, sentences, plots), encoding="utf-8"
+        render_html(title, runs, rows, t_run, sentences, plots, compared), encoding="utf-8"
     )
     return out
 
 
-def render_markdown(title, runs, rows, teacher, sentences, plots) -> str:
+def comparison_cells(c: dict) -> list[str]:
+    """Table cells of one comparison: metric, run, values, diff, CI, verdict, gap closed."""
+    ci = c["note"].split(" (")[0] if c["lo"] is None else stats.format_ci(c, 3)
+    return [c["label"], c["better"], c["run"], _fmt(c["value"]), _fmt(c["baseline_value"]),
+            "n/a" if c["diff"] is None else f"{c['diff']:+.4g}", ci, c["verdict"] or "no verdict",
+            _fmt(c["gap_closed"], 3)]  # fmt: skip
+
+
+COMPARISON_HEAD = ["metric", "better", "run", "run value", "CE-only", "diff", "CI (paired "
+                   "bootstrap over test items)", "verdict", "gap closed"]  # fmt: skip
+
+
+def _ratio_cell(row: dict, name: str) -> str:
+    cell = _fmt(row["ratios"].get(name), 3)
+    return cell + " (noise)" if row.get("noise", {}).get(name) else cell
+
+
+def render_markdown(title, runs, rows, teacher, sentences, plots, compared=()) -> str:
     others = [r for r in runs if r is not teacher]
     head = ["metric", "better"] + ([f"{teacher.name} (teacher)"] if teacher else [])
     head += [r.name for r in others] + ([f"{r.name}/teacher" for r in others] if teacher else [])
     lines = [f"# {title}", "", f"Teacher: `{teacher.name if teacher else 'none given'}`. "
              f"Runs: {', '.join(f'`{r.name}` ({r.role})' for r in runs)}.", "", "## Verdict", ""]  # fmt: skip
-    lines += [f"- {s}" for s in sentences] + ["", "## Metrics", ""]
+    lines += [f"- {s}" for s in sentences] + [""]
+    if compared:
+        lines += ["## Distilled vs CE-only", "", "Gap closed = (CE - KD) / (CE - teacher).", ""]
+        lines += ["| " + " | ".join(COMPARISON_HEAD) + " |", "|" + "---|" * len(COMPARISON_HEAD)]
+        lines += ["| " + " | ".join(comparison_cells(c)) + " |" for c in compared] + [""]
+    lines += ["## Metrics", "", "Ratios are run / teacher; (noise): the spread of the timed "
+              "repeats (p90 - p10, else std) exceeds the difference.", ""]  # fmt: skip
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         cells = [row["label"], row["better"] or "-"] + ([_fmt(row["teacher"])] if teacher else [])
         cells += [_fmt(row["values"][r.name]) for r in others]
-        cells += [_fmt(row["ratios"].get(r.name), 3) for r in others] if teacher else []
+        cells += [_ratio_cell(row, r.name) for r in others] if teacher else []
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
     lines += ["", "## Runs", ""]

@@ -12,6 +12,7 @@ table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
 th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: right; }
 th { background: #f2f2f2; } td.label, th.label { text-align: left; }
 td.better { color: #0a7a0a; font-weight: 600; } td.worse { color: #a31515; }
+td.noise { color: #777; font-style: italic; }
 img { max-width: 100%; border: 1px solid #ddd; margin: 0.5em 0; }
 pre { background: #f7f7f7; padding: 0.8em; overflow-x: auto; font-size: 0.85em; }
 li { margin: 0.3em 0; }
@@ -30,7 +31,9 @@ def _img(path: Path) -> str:
     return f"<figure>{img}<figcaption>{escape(path.name)}</figcaption></figure>"
 
 
-def _ratio_class(row: dict, ratio: float | None) -> str:
+def _ratio_class(row: dict, ratio: float | None, noise: bool | None = None) -> str:
+    if noise:
+        return ' class="noise"'
     if ratio is None or not row["better"]:
         return ""
     good = ratio < 1 if row["better"] == "lower" else ratio > 1
@@ -55,11 +58,26 @@ def metrics_table(runs, rows, teacher) -> str:
         cells += [f"<td>{_fmt(row['values'][r.name])}</td>" for r in others]
         if teacher is not None:
             for r in others:
-                q = row["ratios"].get(r.name)
-                cells.append(f"<td{_ratio_class(row, q)}>{'n/a' if q is None else f'{q:.3f}'}</td>")
+                q, noise = row["ratios"].get(r.name), row.get("noise", {}).get(r.name)
+                text = ("n/a" if q is None else f"{q:.3f}") + (" (noise)" if noise else "")
+                cells.append(f"<td{_ratio_class(row, q, noise)}>{text}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     thead = f"<thead><tr>{''.join(head)}</tr></thead>"
     return f'<table id="metrics">{thead}<tbody>{"".join(body)}</tbody></table>'
+
+
+def comparisons_table(compared) -> str:
+    """Distilled vs CE-only: difference, paired bootstrap CI, verdict, gap closed."""
+    from distill.report import COMPARISON_HEAD, comparison_cells
+
+    head = "".join(f"<th>{escape(h)}</th>" for h in COMPARISON_HEAD)
+    body = "".join(
+        f'<tr><td class="label">{escape(cells[0])}</td>'
+        + "".join(f"<td>{escape(x)}</td>" for x in cells[1:])
+        + "</tr>"
+        for cells in map(comparison_cells, compared)
+    )
+    return f'<table id="comparisons"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
 def _kv_table(pairs: dict, table_id: str) -> str:
@@ -90,7 +108,7 @@ def _worst(run) -> str:
     return "".join(parts)
 
 
-def render_html(title, runs, rows, teacher, sentences, plots) -> str:
+def render_html(title, runs, rows, teacher, sentences, plots, compared=()) -> str:
     from distill.report import provenance
 
     roles = ", ".join(f"<code>{escape(r.name)}</code> ({escape(r.role)})" for r in runs)
@@ -103,8 +121,18 @@ def render_html(title, runs, rows, teacher, sentences, plots) -> str:
         '<h2>Verdict</h2><ul id="verdicts">'
         + "".join(f"<li>{escape(s)}</li>" for s in sentences)
         + "</ul>",
+        *(
+            [
+                "<h2>Distilled vs CE-only</h2>",
+                "<p>Gap closed = (CE - KD) / (CE - teacher).</p>",
+                comparisons_table(compared),
+            ]
+            if compared
+            else []
+        ),
         "<h2>Metrics</h2>",
-        "<p>Ratios are run / teacher; green where the run is better than the teacher.</p>",
+        "<p>Ratios are run / teacher; green where the run is better than the teacher; "
+        "(noise): the spread of the timed repeats (p90 - p10, else std) exceeds the difference.</p>",
         metrics_table(runs, rows, teacher),
         '<h2>Plots</h2><div id="plots">' + "".join(_img(p) for p in plots) + "</div>",
         "<h2>Runs</h2>",

@@ -1,9 +1,10 @@
 """PNG plots for the report (matplotlib, Agg backend: no display needed).
 
-- training_curves.png: one panel per loss term in train_log.jsonl, one line per run;
+- training_curves.png: one panel per loss term in train_log.jsonl that varies, one line per run;
 - metrics_bars.png: one panel per quality/efficiency metric, a bar per run, the teacher hatched,
   run/teacher ratios above the bars;
-- tradeoff.png: quality against inference latency, marker area proportional to memory.
+- tradeoff.png: quality against inference latency, marker area proportional to memory, latency
+  bars over the repeats' spread, "(latency: noise)" where the ratio to the teacher is noise.
 """
 
 from __future__ import annotations
@@ -36,43 +37,54 @@ def _grid(n: int, cols: int = 3, size: tuple[float, float] = (4.2, 3.0)):
     return fig, flat[:n]
 
 
-def plot_training_curves(runs, out: Path) -> Path | None:
+def _series(run, term: str) -> tuple[list, list]:
+    pts = [
+        (row.get("step", i), row[term])
+        for i, row in enumerate(run.train_log)
+        if isinstance(row.get(term), (int, float)) and not isinstance(row.get(term), bool)
+    ]
+    return tuple(map(list, zip(*pts))) if pts else ([], [])
+
+
+def _varies(ys: list) -> bool:
+    return len(ys) > 1 and max(ys) - min(ys) > 1e-12 * max(1.0, abs(max(ys)))
+
+
+def curve_terms(runs) -> list[str]:
+    """Loss terms worth a panel: the total first, the lr last, and no series that is constant
+    in every run (fixed `*/weight`s, a constant lr)."""
     from distill.report import loss_terms
 
-    logged = [r for r in runs if r.train_log]
     terms: dict[str, None] = {}
-    for r in logged:
+    for r in runs:
         terms.update(dict.fromkeys(loss_terms(r.train_log)))
+    kept = [t for t in terms if any(_varies(_series(r, t)[1]) for r in runs)]
+    return sorted(kept, key=lambda t: (t != "loss", t == "lr"))
+
+
+def plot_training_curves(runs, out: Path) -> Path | None:
+    """One panel per varying loss term, the runs overlaid; short titles, no suptitle."""
+    logged = [r for r in runs if r.train_log]
+    terms = curve_terms(logged)
     if not terms:
         return None
-    # the total first, the learning rate last, the loss terms in between
-    order = sorted(terms, key=lambda t: (t != "loss", t == "lr"))
-    terms = dict.fromkeys(order)
     colors = _colors(runs)
-    fig, axes = _grid(len(terms))
+    fig, axes = _grid(len(terms), cols=4, size=(3.6, 2.7))
     for ax, term in zip(axes, terms):
+        lows, highs = [], []
         for r in logged:
-            pts = [
-                (row.get("step", i), row[term])
-                for i, row in enumerate(r.train_log)
-                if isinstance(row.get(term), (int, float))
-            ]
-            if pts:
-                xs, ys = zip(*pts)
+            xs, ys = _series(r, term)
+            if xs:
                 ax.plot(xs, ys, label=r.name, color=colors[r.name], linewidth=1.4)
-        ax.set_title(term)
-        ax.set_xlabel("step")
+                lows.append(min(ys))
+                highs.append(max(ys))
+        ax.set_title(textwrap.shorten(term, 32, placeholder="..."), fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
-        if term != "lr" and all(
-            v > 0
-            for r in logged
-            for row in r.train_log
-            for v in [row.get(term)]
-            if isinstance(v, (int, float))
-        ):
+        if term != "lr" and min(lows) > 0 and max(highs) >= 10 * min(lows):  # a decade or more
             ax.set_yscale("log")
-    axes[0].legend(fontsize=8)
-    fig.suptitle("Training curves per loss term")
+    axes[0].legend(fontsize=7)
     fig.tight_layout()
     path = out / "training_curves.png"
     fig.savefig(path, dpi=90)
@@ -101,7 +113,8 @@ def plot_metric_bars(runs, rows, teacher, out: Path) -> Path | None:
                 bar.set_edgecolor("black")
             ratio = row["ratios"].get(n)
             if ratio is not None:
-                ax.annotate(f"{ratio:.2f}x", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                text = f"{ratio:.2f}x" + ("\n(noise)" if row.get("noise", {}).get(n) else "")
+                ax.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                             ha="center", va="bottom", fontsize=8)  # fmt: skip
         ax.set_xticks(range(len(names)), names, rotation=20, fontsize=8)
         arrow = {"lower": " (lower is better)", "higher": " (higher is better)"}.get(
@@ -127,7 +140,10 @@ def _first(run, keys):
 
 
 def plot_tradeoff(runs, rows, out: Path) -> Path | None:
+    """Quality against latency; latency error bars span the repeats' spread, and a run whose
+    latency ratio to the teacher is within that spread is labelled "(latency: noise)"."""
     quality = [row for row in rows if row["kind"] == "quality"]
+    noise = {row["key"]: row.get("noise", {}) for row in rows if row["kind"] == "efficiency"}
     points = {r.name: (_first(r, _LATENCY_KEYS), _first(r, _MEMORY_KEYS)) for r in runs}
     if not quality or not any(lat[1] is not None for lat, _ in points.values()):
         return None
@@ -135,6 +151,7 @@ def plot_tradeoff(runs, rows, out: Path) -> Path | None:
     fig, axes = _grid(len(quality), cols=2, size=(5.0, 3.6))
     for ax, row in zip(axes, quality):
         lat_key = mem_key = None
+        bars = False
         for r in runs:
             (lk, lat), (mk, mem) = points[r.name]
             q = row["values"].get(r.name)
@@ -143,9 +160,15 @@ def plot_tradeoff(runs, rows, out: Path) -> Path | None:
             lat_key, mem_key = lat_key or lk, mem_key or mk
             area = 60 + 400 * (mem or 0) / max(1e-9, max((p[1][1] or 0) for p in points.values()))
             ax.scatter([lat], [q], s=area, color=colors[r.name], alpha=0.7, edgecolors="black")
-            ax.annotate(f"{r.name}\n{mem:.3g} GiB" if mem is not None else r.name, (lat, q),
-                        textcoords="offset points", xytext=(6, 6), fontsize=8)  # fmt: skip
-        ax.set_xlabel(f"latency: {lat_key or 'inference s'}")
+            spread = r.table[lk].spread
+            if spread:
+                ax.errorbar([lat], [q], xerr=[spread / 2], color=colors[r.name], capsize=3)
+                bars = True
+            text = f"{r.name}\n{mem:.3g} GiB" if mem is not None else r.name
+            text += "\n(latency: noise)" if noise.get(lk, {}).get(r.name) else ""
+            ax.annotate(text, (lat, q), textcoords="offset points", xytext=(6, 6), fontsize=8)
+        bar_note = " (bars: spread of the repeats)" if bars else ""
+        ax.set_xlabel(f"latency: {lat_key or 'inference s'}{bar_note}")
         ax.set_ylabel(row["label"])
         ax.set_title(
             textwrap.fill(f"{row['label']} vs latency (area ~ {mem_key or 'memory'})", 55),

@@ -8,8 +8,10 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from distill import stats
 from distill.cli import main as distill_main
 from distill.report import flatten_metrics, write_report
 
@@ -18,7 +20,7 @@ CHROMIUM = shutil.which("chromium") or (
 )
 
 
-def fake_metrics(name, role, wer, cider, ttft, mem, params):
+def fake_metrics(name, role, wer, cider, ttft, mem, params, tpot=0.011):
     return {
         "schema": "distill.eval/1",
         "model": {"name": name, "role": role, "params_total": params, "params_trainable": params // 10,
@@ -32,18 +34,48 @@ def fake_metrics(name, role, wer, cider, ttft, mem, params):
         "efficiency": {
             "baseline": {"ttft_s": ttft, "tpot_s": ttft / 10, "inference_s": ttft * 1.1,
                          "memory_gb": mem, "memory_kind": "cuda_max_allocated"},
-            "strict": {"ttft_s": ttft * 1.2, "tpot_s": ttft / 8, "inference_s": ttft * 1.3,
-                       "memory_gb": mem * 0.9, "memory_kind": "cuda_max_allocated", "rtfx": 30 / ttft},
+            "strict": {"ttft_s": ttft * 1.2, "ttft_s_p10": ttft * 1.19, "ttft_s_p90": ttft * 1.21,
+                       "tpot_s": tpot, "tpot_s_p10": tpot - 0.002, "tpot_s_p90": tpot + 0.002,
+                       "inference_s": ttft * 1.3, "memory_gb": mem * 0.9,
+                       "memory_kind": "cuda_max_allocated", "rtfx": 30 / ttft},
         },  # fmt: skip
         "hardware": {"gpu": "fake"}, "versions": {"torch": "2.9.1"},
     }  # fmt: skip
 
 
-def make_run(root: Path, name, role, metrics, *, log_terms=None, config=None) -> Path:
+# per-item scores behind the corpus values above: 40 utterances of 10 words, 20 clips
+ASR_ERRORS = {"teacher": [1] * 40, "baseline": [2] * 40, "ddat": [1, 2] * 20}  # 10, 20, 15 %
+CLIP_CIDER = {
+    "teacher": [0.5] * 20,
+    "baseline": [0.1, 0.5] * 10,  # mean 0.3
+    "ddat": [0.6, 0.0, 0.3, 0.1] * 5,  # mean 0.25; the clip differences straddle 0
+}
+
+
+def write_predictions(run: Path, key: str) -> None:
+    rows = [
+        {
+            "testset_id": f"a{i:02d}",
+            "task": "asr",
+            "text": "x",
+            "references": ["y"],
+            "errors": e,
+            "reference_words": 10,
+        }
+        for i, e in enumerate(ASR_ERRORS[key])
+    ]
+    rows += [{"testset_id": f"c{i:02d}", "task": "audiocaption_v2", "text": "x",
+              "references": ["y"], "cider_d": c} for i, c in enumerate(CLIP_CIDER[key])]  # fmt: skip
+    (run / "eval" / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def make_run(root: Path, name, role, metrics, *, log_terms=None, config=None, items=None) -> Path:
     run = root / name
     (run / "eval").mkdir(parents=True)
     (run / "model").mkdir()
     (run / "eval" / "metrics.json").write_text(json.dumps(metrics))
+    if items is not None:
+        write_predictions(run, items)
     if config is not None:
         (run / "config.yaml").write_text(config)
     if log_terms:
@@ -55,25 +87,38 @@ def make_run(root: Path, name, role, metrics, *, log_terms=None, config=None) ->
     return run
 
 
-@pytest.fixture
-def three_runs(tmp_path):
+def build_three_runs(tmp_path: Path) -> list[Path]:
     student = "tiny-student"
     t = make_run(
         tmp_path,
         "teacher",
         "teacher",
-        fake_metrics("tiny-teacher", "teacher", 10.0, 0.5, 0.2, 8.0, 7_000_000),
+        fake_metrics("tiny-teacher", "teacher", 10.0, 0.5, 0.2, 8.0, 7_000_000, tpot=0.010),
+        items="teacher",
     )
     b = make_run(
         tmp_path, "baseline", "baseline", fake_metrics(student, "baseline", 20.0, 0.3, 0.05, 2.0, 1_000_000),
-        log_terms={"loss": 10, "ce": 10},
+        log_terms={"loss": 10, "ce": 10}, items="baseline",
         config="seed: 0\nteacher: null\nloss: {_component_: losses.CE}\ndata: {test: test.json}\n",
     )  # fmt: skip
     d = make_run(
         tmp_path, "ddat", "student", fake_metrics(student, "student", 15.0, 0.25, 0.05, 2.0, 1_000_000),
-        log_terms={"loss": 8, "ce": 9, "kl": 5}, config="seed: 1\nloss: {_component_: losses.DDAT}\n",
+        log_terms={"loss": 8, "ce": 9, "kl": 5}, items="ddat",
+        config="seed: 1\nloss: {_component_: losses.DDAT}\n",
     )  # fmt: skip
     return [t, b, d]
+
+
+@pytest.fixture
+def three_runs(tmp_path):
+    return build_three_runs(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    """The report of the three runs, written once for the tests that only read it."""
+    root = tmp_path_factory.mktemp("runs")
+    return write_report(build_three_runs(root), root / "report", teacher="teacher")
 
 
 def test_flatten_names_every_metric():
@@ -86,8 +131,8 @@ def test_flatten_names_every_metric():
     assert table["strict/rtfx"].better == "higher"
 
 
-def test_report_files_ratios_and_verdicts(tmp_path, three_runs):
-    out = write_report(three_runs, tmp_path / "report", teacher="teacher")
+def test_report_files_ratios_and_verdicts(report):
+    out = report
     for name in (
         "report.md",
         "report.html",
@@ -104,18 +149,86 @@ def test_report_files_ratios_and_verdicts(tmp_path, three_runs):
     mem = next(r for r in summary["rows"] if r["key"] == "baseline/memory_gb")
     assert mem["ratios"]["ddat"] == pytest.approx(0.25)
     verdicts = summary["verdicts"]
-    assert (
-        "asr: WER %: distilled `ddat` (15) beat the CE-only baseline `baseline` (20); difference -5"
-        in verdicts[0]
+    assert verdicts[0].startswith(
+        "asr: WER %: distilled `ddat` (15) beats the CE-only baseline `baseline` (20); "
+        "difference -5, 95% CI ["
     )
-    assert any(
-        v.startswith("audiocaption_v2: CIDEr-D: distilled `ddat` (0.25) did not beat")
-        for v in verdicts
+    assert verdicts[1].startswith(
+        "audiocaption_v2: CIDEr-D: distilled `ddat` (0.25) ties the CE-only baseline "
+        "`baseline` (0.3); difference -0.05, 95% CI ["
     )
+    assert "gap closed 0.50" in verdicts[0] and "gap closed -0.25" in verdicts[1]
     md = (out / "report.md").read_text()
     assert "| asr: WER % | lower | 10 | 20 | 15 | 2 | 1.5 |" in md
+    assert "| audiocaption_v2: CIDEr-D | higher | ddat | 0.25 | 0.3 | -0.05 | 95% CI [" in md
+    assert "| ties | -0.25 |" in md and "| beats | 0.5 |" in md
     assert "![training_curves](training_curves.png)" in md
     assert "losses.DDAT" in md and "seed: 1" in md
+
+
+def test_comparisons_follow_the_paired_bootstrap(report):
+    """WER: every utterance of ddat has 0 or 1 fewer errors of 10 words, so the CI is
+    strictly negative (beats); CIDEr-D: the clip differences (+0.5, -0.5, +0.2, -0.4) straddle
+    0, so the CI contains 0 (ties) although the corpus values differ by -0.05."""
+    out = report
+    comp = {c["metric"]: c for c in json.loads((out / "metrics.json").read_text())["comparisons"]}
+    assert set(comp) == {"asr/wer", "audiocaption_v2/cider_d"}
+    wer, cider = comp["asr/wer"], comp["audiocaption_v2/cider_d"]
+    pairs = {k: np.stack([ASR_ERRORS[k], [10] * 40], axis=1) for k in ("baseline", "ddat")}
+    ref = stats.paired_bootstrap(pairs["baseline"], pairs["ddat"], stats.wer_percent)
+    assert (wer["diff"], wer["lo"], wer["hi"]) == pytest.approx((-5.0, ref["lo"], ref["hi"]))
+    assert wer["hi"] < 0 and wer["verdict"] == "beats" and wer["n_items"] == 40
+    assert wer["gap_closed"] == pytest.approx(0.5)  # (20 - 15) / (20 - 10)
+    assert cider["diff"] == pytest.approx(-0.05) and cider["lo"] < 0 < cider["hi"]
+    assert cider["verdict"] == "ties"
+    assert cider["gap_closed"] == pytest.approx(-0.25)  # (0.3 - 0.25) / (0.3 - 0.5)
+    html = (out / "report.html").read_text()
+    assert '<table id="comparisons">' in html and "<td>ties</td>" in html
+
+
+def test_efficiency_ratios_within_the_spread_are_noise(report):
+    """strict TPOT: student 0.011 vs teacher 0.010 with p90 - p10 = 0.004 each -> noise;
+    strict TTFT: 0.06 vs 0.24 with spreads 0.001 and 0.005 -> a real difference."""
+    out = report
+    rows = {r["key"]: r for r in json.loads((out / "metrics.json").read_text())["rows"]}
+    assert rows["strict/tpot_s"]["noise"] == {"baseline": True, "ddat": True}
+    assert rows["strict/tpot_s"]["ratios"]["ddat"] == pytest.approx(1.1)
+    assert rows["strict/ttft_s"]["noise"] == {"baseline": False, "ddat": False}
+    assert rows["baseline/ttft_s"]["noise"] == {"baseline": None, "ddat": None}  # no spread
+    md = (out / "report.md").read_text()
+    assert (
+        "| [strict] TPOT s median | lower | 0.01 | 0.011 | 0.011 | 1.1 (noise) | 1.1 (noise) |"
+        in md
+    )
+
+
+def test_no_per_item_scores_means_no_ci_not_a_crash(tmp_path):
+    runs = [
+        make_run(tmp_path, "teacher", "teacher", fake_metrics("t", "teacher", 10.0, 0.5, 0.2, 8.0, 7)),
+        make_run(tmp_path, "baseline", "baseline", fake_metrics("s", "baseline", 20.0, 0.3, 0.05, 2.0, 1)),
+        make_run(tmp_path, "ddat", "student", fake_metrics("s", "student", 15.0, 0.25, 0.05, 2.0, 1)),
+    ]  # fmt: skip
+    out = write_report(runs, tmp_path / "report", teacher="teacher")
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["verdicts"][0].startswith(
+        "asr: WER %: distilled `ddat` (15) vs the CE-only baseline `baseline` (20): "
+        "difference -5 (lower is better); gap closed 0.50; no per-item scores: no CI"
+    )
+    assert summary["verdicts"][0].endswith(", so no verdict.")
+    wer = summary["comparisons"][0]
+    assert (wer["verdict"], wer["lo"], wer["gap_closed"]) == (None, None, 0.5)
+    assert "no per-item scores: no CI | no verdict | 0.5 |" in (out / "report.md").read_text()
+
+
+def test_training_curves_skip_constant_series(tmp_path):
+    from distill.report import load_run
+    from distill.report_plots import curve_terms
+
+    run = make_run(tmp_path, "r", "student", fake_metrics("s", "student", 5.0, 0.6, 0.1, 1.0, 10))
+    rows = [{"step": s, "loss": 3.0 / (1 + s), "kl/loss": 1.0 / (1 + s), "kl/weight": 0.5,
+             "lr": 1e-4, "grad_norm": 1.0 + s % 3} for s in range(10)]  # fmt: skip
+    (run / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert curve_terms([load_run(run)]) == ["loss", "kl/loss", "grad_norm"]
 
 
 def test_teacher_found_by_role_and_cli(tmp_path, three_runs):
@@ -159,7 +272,7 @@ def test_html_renders_in_headless_chromium(tmp_path, three_runs):
     ).stdout
     assert len(re.findall(r'<img alt="[a-z_]+" src="data:image/png;base64,', dom)) == 3
     assert '<table id="metrics">' in dom and dom.count("<tr>") > 10
-    assert "run-ddat" in dom and "beat the CE-only baseline" in dom
+    assert "run-ddat" in dom and "beats the CE-only baseline" in dom
     shot = tmp_path / "shot.png"
     subprocess.run(flags + [f"--screenshot={shot}", "--window-size=1200,2000", html.as_uri()],
                    capture_output=True, timeout=120)  # fmt: skip

@@ -86,7 +86,7 @@ def word_error_rate(
     *,
     worst: int = 10,
 ) -> dict:
-    """Corpus-level WER with S/D/I counts and the worst utterances.
+    """Corpus-level WER with S/D/I counts, per-utterance error counts and the worst utterances.
 
     Args:
         hypotheses: b model outputs.
@@ -99,7 +99,9 @@ def word_error_rate(
         "substitutions", "deletions", "insertions", "hits", "reference_words",
         "hypothesis_words", "utterances", "empty_references", "empty_hypotheses",
         "worst": [{"id", "errors", "reference_words", "wer", "reference", "hypothesis",
-        "reference_normalized", "hypothesis_normalized"}], "protocol": str}
+        "reference_normalized", "hypothesis_normalized"}],
+        "per_item": {id: {"errors", "reference_words"}} (their sums give the corpus WER;
+        what `distill.stats.paired_bootstrap` resamples), "protocol": str}
 
     Raises:
         ValueError: if lengths differ, the corpus is empty, or it has no reference words.
@@ -158,6 +160,10 @@ def word_error_rate(
         "empty_references": sum(1 for w in ref_words if not w),
         "empty_hypotheses": sum(1 for w in hyp_words if not w),
         "worst": [u for u in ranked[:worst] if u["errors"] > 0],
+        "per_item": {
+            u["id"]: {"errors": u["errors"], "reference_words": u["reference_words"]}
+            for u in per_utt
+        },
         "protocol": "corpus WER = (S+D+I)/reference words after whisper EnglishTextNormalizer, "
         "13a tokenization, punctuation removal, lowercase (audiolm-evaluator compute_wer)",
     }

@@ -111,8 +111,11 @@ def caption_metrics(
         {"metrics": ["cider_d", ...], "cider_d": float | None, "spice", "spider" (when run),
         "field_cider_d_x100": the audiolm-evaluator number (CIDEr-D x 100, untokenized,
         first reference only, printed there as "SPIDEr"), "clips", "references_per_clip",
-        "notes": [str], "worst": [...], "tokenization": str}.
-        With fewer than 2 clips CIDEr-D is undefined: its value is None and `notes` says why.
+        "notes": [str], "worst": [...], "tokenization": str,
+        "per_item": {id: {"cider_d"[, "spice", "spider"]}}} (per-clip scores, whose mean is
+        the corpus value; what `distill.stats.paired_bootstrap` resamples).
+        With fewer than 2 clips CIDEr-D is undefined: its value is None, `per_item` is empty
+        and `notes` says why.
     """
     from aac_metrics.functional.cider_d import cider_d
 
@@ -136,6 +139,7 @@ def caption_metrics(
         "tokenization": "python PTB-like (distill.eval.caption.ptb_tokenize), preprocess=False",
         "notes": [],
         "worst": [],
+        "per_item": {},
     }
     if len(cands) < 2:
         msg = (
@@ -159,6 +163,7 @@ def caption_metrics(
         result["spider"] = (result["cider_d"] + spice_corpus) / 2.0
         result["metrics"] += ["spice", "spider"]
         per_clip["spice"] = spice_sents
+        per_clip["spider"] = [(c + p) / 2.0 for c, p in zip(per_clip["cider_d"], spice_sents)]
     else:
         result["notes"].append(why)
     order = sorted(range(len(cands)), key=lambda k: (per_clip["cider_d"][k], ids[k]))
@@ -171,4 +176,7 @@ def caption_metrics(
         }
         for k in order[:worst]
     ]
+    result["per_item"] = {
+        ids[k]: {name: scores[k] for name, scores in per_clip.items()} for k in range(len(cands))
+    }
     return result

@@ -7,7 +7,8 @@ Glossary: b batch items, s waveform samples, n prompt positions, v vocabulary.
 10 warm-up + 100 timed iterations, wall-clock timers that are *not* synchronized inside an
 iteration (the GPU is synchronized only before and after each iteration, so on CUDA the TTFT
 mostly measures kernel launches), TTFT = encoders + Q-Former + prompt wrap + one LLM prefill,
-TPOT = ONE decode step with the KV cache, inference = TTFT + TPOT, all averaged;
+TPOT = ONE decode step with the KV cache, inference = TTFT + TPOT, all averaged (with the
+p10, p90 and std of the timed runs beside each mean, so a report can tell noise from a gap);
 memory = `torch.cuda.max_memory_allocated()`, never reset (so it includes the weights),
 averaged over the timed iterations, in GiB (bytes / 1024**3). One difference we cannot avoid:
 the field computes the Whisper log-mel in its data loader, outside the timer, whereas our
@@ -181,13 +182,23 @@ class _CpuMemory:
 # ---- protocols ----------------------------------------------------------------------------
 
 
-def _stats(name: str, values: list[float]) -> dict:
+def _spread(name: str, values: list[float]) -> dict:
+    """p10, p90 (nearest rank) and sample std of the timed runs: the report calls a
+    student/teacher ratio noise when this spread exceeds the difference."""
     ordered = sorted(values)
-    p90 = ordered[min(len(ordered) - 1, int(round(0.9 * (len(ordered) - 1))))]
+    last = len(ordered) - 1
     return {
-        name: statistics.median(ordered),
-        f"{name}_p90": p90,
-        f"{name}_mean": statistics.fmean(ordered),
+        f"{name}_p10": ordered[int(round(0.1 * last))],
+        f"{name}_p90": ordered[int(round(0.9 * last))],
+        f"{name}_std": statistics.stdev(ordered) if len(ordered) > 1 else 0.0,
+    }
+
+
+def _stats(name: str, values: list[float]) -> dict:
+    return {
+        name: statistics.median(values),
+        f"{name}_mean": statistics.fmean(values),
+        **_spread(name, values),
     }
 
 
@@ -241,12 +252,16 @@ def measure_baseline(
         "ttft_s": statistics.fmean(ttfts),
         "tpot_s": statistics.fmean(tpots),
         "inference_s": statistics.fmean(a + b for a, b in zip(ttfts, tpots)),
+        **_spread("ttft_s", ttfts),
+        **_spread("tpot_s", tpots),
+        **_spread("inference_s", [a + b for a, b in zip(ttfts, tpots)]),
     }
     if cpu_mem is not None:
         cpu_mem.__exit__(None, None, None)
         result.update(cpu_mem.fields())
     else:
         result.update(memory_gb=statistics.fmean(mems) / GIB, memory_kind="cuda_max_allocated")
+        result.update(_spread("memory_gb", [m / GIB for m in mems]))
     result["weights_gb"] = weights_bytes(model) / GIB
     result["settings"] = {
         "batch_size": 1,
@@ -256,6 +271,7 @@ def measure_baseline(
         "warmup": warmup,
         "runs": runs,
         "statistic": "mean",
+        "spread": "p10, p90 (nearest rank) and sample std of the timed runs",
         "timer": "time.perf_counter, not synchronized inside an iteration (as the field)",
         "tpot": "one decode step with the KV cache",
         "memory": "max_memory_allocated, never reset (includes weights)"
@@ -336,6 +352,7 @@ def measure_strict(
         "runs": runs,
         "decode_tokens": decode_tokens,
         "statistic": "median (p90 and mean alongside)",
+        "spread": "p10, p90 (nearest rank) and sample std of the timed runs",
         "timer": "time.perf_counter with device synchronization around each region",
         "tpot": f"mean of {decode_tokens} greedy decode steps with the KV cache",
         "memory": "peak max_memory_allocated after a reset post-loading (weights_gb apart)"

@@ -135,7 +135,10 @@ def evaluate_model(
 
     Returns:
         {"accuracy": {task: metric dict}, "predictions": [{"testset_id", "task", "text",
-        "references"}], "decoding": {...}, "throughput": {...}, "data": {...}}
+        "references", + the item's scores when scored: "errors", "reference_words" (ASR) or
+        "cider_d" (+ "spice", "spider") (captions)}], "decoding": {...}, "throughput": {...},
+        "data": {...}}. The per-item scores live in `predictions` only (read them back with
+        `distill.stats.load_item_scores`), not in the accuracy dicts.
 
     Raises:
         IdMismatchError: `references` names ids that are not test items (or misses some).
@@ -158,7 +161,7 @@ def evaluate_model(
         model, items, num_beams=num_beams, max_new_tokens=max_new_tokens,
         batch_size=batch_size, progress=progress,
     )  # fmt: skip
-    accuracy = {}
+    accuracy, per_item = {}, {}
     for task in dict.fromkeys(it.task for it in items):
         scored = {it.id: refs[it.id] for it in items if it.task == task and refs[it.id]}
         if not scored:
@@ -166,10 +169,13 @@ def evaluate_model(
             continue
         ids, hyps, mrefs = align({i: texts[i] for i in scored}, scored)
         accuracy[task] = score_task(task, ids, hyps, mrefs)
+        # per-item scores go to predictions.jsonl only, so metrics.json stays small
+        per_item.update(accuracy[task].pop("per_item", {}))
     predictions = [
-        {"testset_id": it.id, "task": it.task, "text": texts[it.id], "references": refs[it.id]}
+        {"testset_id": it.id, "task": it.task, "text": texts[it.id], "references": refs[it.id],
+         **per_item.get(it.id, {})}
         for it in items
-    ]
+    ]  # fmt: skip
     return {
         "accuracy": accuracy,
         "predictions": predictions,

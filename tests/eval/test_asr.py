@@ -68,6 +68,24 @@ def test_corpus_wer_matches_hand_computation():
     assert out["reference_words"] == 16 and out["hits"] == 16 - 1 - 2
     assert [w["id"] for w in out["worst"]] == ["b", "c", "a"]  # 2, 2 (lower WER), 1 errors
     assert out["worst"][1]["reference_normalized"] == "mister smith paid $ 3.50"
+    assert out["per_item"] == {
+        "a": {"errors": 1, "reference_words": 7},
+        "b": {"errors": 2, "reference_words": 4},
+        "c": {"errors": 2, "reference_words": 5},
+    }
+
+
+def test_per_item_counts_sum_to_the_corpus_wer():
+    refs = REFS + ["one two three four", "a b c d e f", "", "Dr. Who's there?"]
+    hyps = HYPS + ["1 2 3 4", "a c b d f g h", "stray words", "doctor who is where"]
+    out = word_error_rate(hyps, refs, worst=2)
+    per = out["per_item"]
+    assert list(per) == [str(i) for i in range(len(refs))]  # every utterance, not the worst 2
+    assert sum(p["reference_words"] for p in per.values()) == out["reference_words"]
+    errors = sum(p["errors"] for p in per.values())
+    assert errors == out["substitutions"] + out["deletions"] + out["insertions"]
+    assert errors / out["reference_words"] == pytest.approx(out["wer"])
+    assert per["5"] == {"errors": 2, "reference_words": 0}  # the empty reference: 2 insertions
 
 
 def test_parity_with_naive_summed_levenshtein():

@@ -95,6 +95,18 @@ def test_cider_d_equals_aac_metrics_and_the_definition():
     assert worst_scores == sorted(worst_scores)
 
 
+def test_per_clip_cider_d_averages_to_the_corpus_value():
+    out = caption_metrics(HYPS, REFS, ids=["c0", "c1", "c2", "c3"], worst=1)
+    per = out["per_item"]
+    assert list(per) == ["c0", "c1", "c2", "c3"] and set(per["c0"]) == {"cider_d"}
+    assert sum(p["cider_d"] for p in per.values()) / 4 == pytest.approx(out["cider_d"], rel=1e-12)
+    cands = [" ".join(ptb_tokenize(h)) for h in HYPS]
+    mrefs = [[" ".join(ptb_tokenize(r)) for r in refs] for refs in REFS]
+    sents = cider_d(cands, mrefs, return_all_scores=True)[1]["cider_d"]
+    assert [p["cider_d"] for p in per.values()] == pytest.approx([float(x) for x in sents])
+    assert per[out["worst"][0]["id"]]["cider_d"] == min(p["cider_d"] for p in per.values())
+
+
 def test_field_number_is_cider_d_x100_untokenized_first_reference():
     out = caption_metrics(HYPS, REFS)
     raw = cider_d([h.lower() for h in HYPS], [[r[0]] for r in REFS])[0]["cider_d"]
@@ -104,7 +116,7 @@ def test_field_number_is_cider_d_x100_untokenized_first_reference():
 
 def test_single_candidate_gives_a_clear_note_not_a_crash():
     out = caption_metrics(["a dog barks"], [["a dog is barking"]])
-    assert out["cider_d"] is None
+    assert out["cider_d"] is None and out["per_item"] == {}
     assert "at least 2 candidates" in out["notes"][0]
 
 
@@ -125,6 +137,8 @@ def test_spider_is_mean_of_cider_d_and_spice_when_spice_runs(monkeypatch):
     assert out["metrics"] == ["cider_d", "spice", "spider"]
     assert out["spice"] == 0.25
     assert out["spider"] == pytest.approx((out["cider_d"] + 0.25) / 2)
+    per = out["per_item"]["1"]
+    assert per["spice"] == 0.2 and per["spider"] == pytest.approx((per["cider_d"] + 0.2) / 2)
 
 
 def test_bad_inputs_raise():

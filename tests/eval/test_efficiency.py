@@ -55,6 +55,8 @@ def test_baseline_protocol_on_cpu(tiny_model):
     assert r["settings"]["runs"] == 3 and r["settings"]["statistic"] == "mean"
     assert r["prefill_positions"] > tiny_model.num_windows(32_000)  # audio tokens + prompt
     assert r["units"]["memory_gb"] == "GiB"
+    for key in ("ttft_s", "tpot_s", "inference_s"):  # the spread of the repeats, for the report
+        assert 0 < r[f"{key}_p10"] <= r[f"{key}_p90"] and r[f"{key}_std"] >= 0, key
 
 
 def test_strict_protocol_on_cpu(tiny_model):
@@ -63,8 +65,8 @@ def test_strict_protocol_on_cpu(tiny_model):
     )
     assert r["protocol"] == "strict" and r["settings"]["decode_tokens"] == 4
     for key in ("ttft_s", "tpot_s", "inference_s"):
-        assert 0 < r[key] <= r[f"{key}_p90"], key
-        assert r[f"{key}_mean"] > 0
+        assert 0 < r[f"{key}_p10"] <= r[key] <= r[f"{key}_p90"], key
+        assert r[f"{key}_mean"] > 0 and r[f"{key}_std"] >= 0
     assert r["ttft_s"] >= r["tpot_s"]
     assert r["memory_kind"] == "cpu_peak_rss_growth" and r["process_peak_rss_gb"] > 0
     with pytest.raises(ValueError, match="decode_tokens"):
@@ -104,6 +106,8 @@ def test_cuda_bookkeeping_with_a_mocked_device(tiny_model, monkeypatch):
     assert calls["sync"] == 2 * 3 and calls["reset"] == 0  # before/after each iteration only
     assert r["memory_kind"] == "cuda_max_allocated" and r["device"] == "cuda:0 (FakeGPU)"
     assert r["memory_gb"] == pytest.approx((1020 + 1030) / 2 / 1024**3)  # mean of timed peaks
+    assert r["memory_gb_std"] == pytest.approx(7.0710678 / 1024**3)  # stdev of 1020, 1030
+    assert (r["memory_gb_p10"], r["memory_gb_p90"]) == (1020 / 1024**3, 1030 / 1024**3)
 
     calls.clear()
     r = measure_strict(

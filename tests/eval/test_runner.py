@@ -53,6 +53,29 @@ def test_evaluate_model_scores_each_task(test_set):
     assert [p["text"] for p in out["predictions"]] == list(ANSWERS.values())
 
 
+def test_predictions_carry_per_item_scores_and_metrics_do_not(tmp_path, test_set):
+    from distill.stats import load_item_scores
+
+    out = evaluate_model(ScriptedModel(ANSWERS), read_test_items(test_set), progress=False)
+    preds = {p["testset_id"]: p for p in out["predictions"]}
+    assert (preds["test0000"]["errors"], preds["test0000"]["reference_words"]) == (1, 2)
+    assert (preds["test0001"]["errors"], preds["test0001"]["reference_words"]) == (0, 3)
+    assert "cider_d" not in preds["test0000"] and "errors" not in preds["test0002"]
+    cap = out["accuracy"]["audiocaption_v2"]
+    clips = [preds["test0002"]["cider_d"], preds["test0003"]["cider_d"]]
+    assert sum(clips) / 2 == pytest.approx(cap["cider_d"])
+    assert "per_item" not in cap and "per_item" not in out["accuracy"]["asr"]
+    write_outputs(tmp_path / "eval", model=ScriptedModel(ANSWERS), name="s", role="student",
+                  result=out)  # fmt: skip
+    assert "per_item" not in (tmp_path / "eval" / "metrics.json").read_text()
+    items = load_item_scores(tmp_path)
+    assert items["asr"] == {
+        "test0000": {"errors": 1, "reference_words": 2},
+        "test0001": {"errors": 0, "reference_words": 3},
+    }
+    assert items["audiocaption_v2"]["test0003"] == {"cider_d": clips[1]}
+
+
 def test_reference_override_and_mismatched_ids(test_set):
     items = read_test_items(test_set)
     refs = {i: "x" for i in ANSWERS}
