@@ -14,6 +14,10 @@ import sys
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("distill.demo", "offline end-to-end demo: synth data, teacher, students, report"),
+    "study": (
+        "distill.demo.study",
+        "every KD arm over seeds, with paired bootstrap CIs vs CE-only",
+    ),
     "synth": ("distill.data.synth", "write the synthetic speech + sound corpus"),
     "train": ("distill.recipe", "run a recipe YAML (same as recipes/*.py)"),
     "cache": ("distill.cache", "run a teacher once and cache sparse top-k signals"),

@@ -98,6 +98,9 @@ class TrainConfig:
     resume: str = "auto"  # "auto" (latest checkpoint if any), "never", or a checkpoint path
     trackers: list[str] = field(default_factory=lambda: ["tensorboard"])  # accelerate trackers
     progress: bool = True  # tqdm progress bar
+    # keep frozen encoders' outputs per clip in memory (student and live teacher) so later
+    # epochs skip Whisper/BEATs/CED; ~85 KB a clip for tiny encoders, 7.7 MB for whisper-large
+    cache_frozen_features: bool = False
 
     def __post_init__(self) -> None:
         _require(self.log_every >= 1, "train.log_every must be >= 1")

@@ -30,46 +30,57 @@ from losses._reduce import LossInputError, check_finite, check_result, upcast
 
 
 class CTCAux(nn.Module):
-    """CTC head on `student.speech` for items whose task is in `tasks`.
+    """CTC head on `student.speech` (or the Q-Former windows) for items whose task is in `tasks`.
 
     Args:
-        width: speech-encoder width d (Whisper d_model).
+        width: width d of the chosen field (Whisper d_model, or the Q-Former hidden size).
         vocab_size: the student's vocabulary size v; the blank is class v.
         tasks: tasks whose answers are transcripts (CTC needs monotonic alignment).
+        field: "speech" (encoder frames, when the encoder trains) or "qformer" (the audio
+            tokens the LLM reads, when the encoders are frozen: it teaches the bridge to
+            carry each window's tokens in time order).
     """
 
-    hidden_states = ("speech",)
-
-    def __init__(self, width: int, vocab_size: int, tasks: Sequence[str] = ("asr",)) -> None:
+    def __init__(
+        self, width: int, vocab_size: int, tasks: Sequence[str] = ("asr",), field: str = "speech"
+    ) -> None:
         super().__init__()
         if width < 1 or vocab_size < 1:
             raise ValueError(
                 f"CTCAux needs width >= 1 and vocab_size >= 1, got {width}, {vocab_size}"
             )
+        if field not in ("speech", "qformer"):
+            raise ValueError(f"CTCAux.field must be 'speech' or 'qformer', got {field!r}")
+        self.field = field
+        self.hidden_states = (field,)
         self.head = nn.Linear(width, vocab_size + 1)
         self.blank = vocab_size
         self.tasks = tuple(tasks)
 
     def forward(self, student: ModelOutputs, teacher: TeacherSignals | None = None) -> LossOutput:
-        if student.speech is None:
-            raise LossInputError("CTCAux needs `speech` hidden states from the student forward")
-        if student.speech.shape[-1] != self.head.in_features:
+        feats_all = getattr(student, self.field)
+        if feats_all is None:
             raise LossInputError(
-                f"CTCAux.width {self.head.in_features} != student speech width {student.speech.shape[-1]}"
+                f"CTCAux needs `{self.field}` hidden states from the student forward"
             )
-        check_finite("student.speech", student.speech)
+        if feats_all.shape[-1] != self.head.in_features:
+            raise LossInputError(
+                f"CTCAux.width {self.head.in_features} != student {self.field} width "
+                f"{feats_all.shape[-1]}"
+            )
+        check_finite(f"student.{self.field}", feats_all)
         tasks = student.tasks or [self.tasks[0]] * student.batch_size
         rows = [i for i, task in enumerate(tasks) if task in self.tasks]
         # no ASR item: a zero that still touches the head, so DDP sees every parameter used
-        zero = (student.speech.sum() + self.head.weight.sum()) * 0.0
+        zero = (feats_all.sum() + self.head.weight.sum()) * 0.0
         if not rows:
             return LossOutput(loss=zero, metrics={"ctc": 0.0, "loss": 0.0})
         # end_sym tokens are zero-width at the end of the answer; CTC scores the words only
         keep = student.mask.clone()
         if student.offsets is not None:
             keep &= student.offsets[..., 0] != student.offsets[..., 1]
-        idx = torch.tensor(rows, device=student.speech.device)
-        feats = student.speech.index_select(0, idx).to(self.head.weight.dtype)
+        idx = torch.tensor(rows, device=feats_all.device)
+        feats = feats_all.index_select(0, idx).to(self.head.weight.dtype)
         log_probs = F.log_softmax(upcast(self.head(feats)), dim=-1)  # [b', t, c], fp32 or fp64
         keep = keep.index_select(0, idx)
         targets = student.token_ids.index_select(0, idx)[keep]
@@ -80,6 +91,10 @@ class CTCAux(nn.Module):
                 f"CTCAux: an answer has {int(target_lengths.max())} tokens for {t} frames"
             )
         input_lengths = torch.full((len(rows),), t, dtype=torch.long, device=log_probs.device)
+        if self.field == "qformer" and student.qformer_mask is not None:
+            # only windows over real audio: the rest is batch padding
+            input_lengths = student.qformer_mask.index_select(0, idx).sum(-1).clamp(min=1)
+            input_lengths = torch.maximum(input_lengths, target_lengths)
         total = F.ctc_loss(
             rearrange(log_probs, "b t c -> t b c"),
             targets,

@@ -15,35 +15,102 @@ def _env():
     return dict(os.environ, PYTHONPATH=str(ROOT))
 
 
+def _cli(*args, cwd, timeout=900):
+    return subprocess.run(
+        [sys.executable, "-m", "distill.cli", *args, "--no-progress"],
+        cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+
+
+def _readme_table() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    start, end = "<!-- demo-figures:start -->", "<!-- demo-figures:end -->"
+    assert start in text and end in text, "README.md lost its demo figures table markers"
+    body = text.split(start, 1)[1].split(end, 1)[0]
+    return [line for line in body.splitlines() if line.startswith("|")]
+
+
+def _shape(cell: str) -> str:
+    """A cell's form: numbers, n/a and verdicts become X, so '4.6 ± 0.3' ~ '12.1 ± 1.0'."""
+    import re
+
+    cell = re.sub(r"[-+]?\d+(\.\d+)?|n/a|beats|ties|loses", "X", cell.strip())
+    return cell.replace(" %", "")
+
+
 @pytest.mark.slow
 def test_demo_quick_end_to_end(tmp_path):
     out = tmp_path / "demo"
-    proc = subprocess.run(
-        [sys.executable, "-m", "distill.cli", "demo", "--quick", "--out", str(out), "--no-progress"],
-        cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
+    proc = _cli("demo", "--quick", "--out", str(out), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = out / "report"
     for name in ("report.md", "report.html", "metrics.json", "training_curves.png"):
         assert (report / name).is_file(), name
+    for name in ("study.md", "study.html", "study.png", "study.json"):
+        assert (report / "seeds" / name).is_file(), name
     summary = json.loads((report / "metrics.json").read_text())
-    assert {r["name"] for r in summary["runs"]} == {"teacher", "student_ce", "student_kd"}
-    assert summary["teacher"] == "teacher" and summary["baseline"] == "student_ce"
+    assert {r["name"] for r in summary["runs"]} == {"teacher", "ce_only-s0", "kd-s0"}
+    assert summary["teacher"] == "teacher" and summary["baseline"] == "ce_only-s0"
     text = (report / "report.md").read_text()
-    assert (
-        "wer" in text.lower() and "cider" in text.lower() and "SPIDEr" not in text.split("CIDEr")[0]
-    )
-    for run in ("teacher", "student_ce", "student_kd"):
+    assert "wer" in text.lower() and "cider" in text.lower()
+    assert "SPIDEr" not in text.split("CIDEr")[0]
+    for run in ("teacher", "students/labels-0.5/ce_only-s0", "students/labels-0.5/kd-s0"):
         metrics = json.loads((out / run / "eval" / "metrics.json").read_text())
         assert metrics["accuracy"]["asr"]["metric"] == "wer"
         assert metrics["efficiency"]["baseline"]["ttft_s"] > 0
+    # the foundation models were saved in their formats and loaded through the real fields
+    for part in ("speech_encoder", "teacher_lm", "student_lm"):
+        assert (out / "foundation" / part / "model.safetensors").is_file()
+        assert (out / "foundation" / part / "config.json").is_file()
+    config = (out / "students" / "labels-0.5" / "kd-s0" / "config.yaml").read_text()
+    assert "whisper_path" in config and "foundation/speech_encoder" in config
+    assert "pseudo_labels.json" in config  # the distilled student trains on pseudo-labels
+    # the README's demo table has the form of the table this metrics.json gives
+    from distill.demo import figures_table
+
+    demo = json.loads((out / "metrics.json").read_text())
+    assert demo["timings_s"]["total_s"] > 0 and demo["teacher"]["wer_percent"] >= 0
+    ours = figures_table(demo)
+    readme = _readme_table()
+    assert len(readme) == len(ours)
+    for mine, theirs in zip(ours, readme):
+        cells_a, cells_b = mine.strip("|").split("|"), theirs.strip("|").split("|")
+        assert len(cells_a) == len(cells_b)
+        assert cells_a[0].strip() == cells_b[0].strip()  # same row labels
+        if mine.startswith("| model") or set(mine) <= set("|-"):
+            assert [c.strip().split(",")[0] for c in cells_a] == [
+                c.strip().split(",")[0] for c in cells_b
+            ]
+        else:
+            assert [_shape(c) for c in cells_a[1:]] == [_shape(c) for c in cells_b[1:]]
     assert "report:" in proc.stdout
     # a second run reuses every finished stage
-    again = subprocess.run(
-        [sys.executable, "-m", "distill.cli", "demo", "--quick", "--out", str(out), "--no-progress"],
-        cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert again.returncode == 0 and again.stdout.count("reusing") == 3
+    again = _cli("demo", "--quick", "--out", str(out), cwd=tmp_path, timeout=300)
+    assert again.returncode == 0 and again.stdout.count("reusing") >= 7, again.stdout
+
+
+@pytest.mark.slow
+def test_study_quick(tmp_path):
+    import time
+
+    t = time.perf_counter()
+    proc = _cli("study", "--quick", "--out", str(tmp_path / "study"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    elapsed = time.perf_counter() - t
+    table = tmp_path / "study" / "study" / "test-labels-0.5"
+    for name in ("study.md", "study.html", "study.png", "study.json"):
+        assert (table / name).is_file(), name
+    numbers = json.loads((table / "study.json").read_text())
+    from distill.demo.arms import ARMS
+
+    assert numbers["arms"] == list(ARMS) and numbers["baseline"] == "ce_only"
+    wer = next(m for m in numbers["metrics"] if m["key"] == "asr/wer")
+    for arm in ARMS[1:]:
+        assert len(wer["arms"][arm]["per_seed"]) == 2
+        assert wer["arms"][arm]["pooled"]["verdict"] in ("beats", "ties", "loses")
+    equal = json.loads((tmp_path / "study" / "study" / "test-labels-1" / "study.json").read_text())
+    assert equal["arms"] == ["ce_only", "kd"]
+    print(f"distill study --quick: {elapsed:.0f} s")
 
 
 @pytest.mark.slow

@@ -84,6 +84,12 @@ class Trainer:
             raise TypeError(f"recipe.loss must build an nn.Module, got {type(self.loss).__name__}")
         self.teacher = instantiate(recipe.teacher) if recipe.teacher else None
         self.hidden = required_hidden(self.loss)
+        if recipe.train.cache_frozen_features:
+            from distill.modeling.feature_cache import FrozenFeatureCache
+
+            for model in (self.student, getattr(self.teacher, "model", None)):
+                if hasattr(model, "feature_cache"):
+                    model.feature_cache = FrozenFeatureCache()
         if self.teacher is not None:
             if hasattr(self.teacher, "hidden"):
                 self.teacher.hidden = tuple(sorted(set(self.teacher.hidden) | set(self.hidden)))

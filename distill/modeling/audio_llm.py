@@ -27,6 +27,7 @@ from torch.nn import functional as F
 from distill.contracts import HIDDEN_FIELDS, AudioBatch, ModelOutputs, TokenizerInfo
 from distill.modeling import prompt as P
 from distill.modeling.config import AudioLLMConfig
+from distill.modeling.feature_cache import FrozenFeatureCache, stack_padded
 from distill.modeling.llm import add_lora, base_causal_lm, build_llm, llm_hidden_size, torch_dtype
 from distill.modeling.qformer import (
     WindowQFormer,
@@ -72,6 +73,8 @@ class AudioLLM(nn.Module):
         if device is not None and not meta:
             self.to(device)
         self._prompt_cache: dict[str, list[int]] = {}
+        # frozen-encoder outputs per clip (`feature_cache.py`); None computes them every time
+        self.feature_cache: FrozenFeatureCache | None = None
 
     # ------------------------------------------------------------------ build
     def _build(self, load_weights: bool) -> None:
@@ -186,13 +189,11 @@ class AudioLLM(nn.Module):
     def _encode(self, batch: AudioBatch) -> dict[str, Tensor]:
         wav = batch.waveforms.to(self.device)
         lengths = batch.lengths.to(self.device)
-        mel = self.log_mel(wav, lengths).to(self.dtype)  # [b, m, f]
-        speech = self.ln_speech(self.speech_encoder(mel).last_hidden_state)  # [b, t, d_w]
+        speech = self.ln_speech(self._speech_features(wav, lengths, batch.ids))  # [b, t, d_w]
         out = {"speech": speech}
         fused = speech
         if self.beats is not None:
-            pad = torch.arange(wav.shape[1], device=wav.device)[None, :] >= lengths[:, None]
-            audio, token_pad = self.beats.extract_features(wav.to(self.dtype), pad)
+            audio, token_pad = self._audio_features(wav, lengths, batch.ids)
             audio = self.ln_audio(audio)  # [b, t', d_a]
             if token_pad is not None:
                 # tokens of the batch padding are zeroed, like the zero-padding below, so an
@@ -214,6 +215,43 @@ class AudioLLM(nn.Module):
         )
         out["embeds"] = self.speech_llama_proj(qformer)
         return out
+
+    def _speech_features(self, wav: Tensor, lengths: Tensor, ids) -> Tensor:
+        """Whisper encoder output [b, t, d_w] (before `ln_speech`), cached when frozen."""
+
+        def compute(index: list[int]) -> list[Tensor]:
+            sel = torch.as_tensor(index, device=wav.device)
+            mel = self.log_mel(wav[sel], lengths[sel]).to(self.dtype)  # [b, m, f]
+            return list(self.speech_encoder(mel).last_hidden_state)
+
+        cache = self.feature_cache if self.config.freeze_whisper else None
+        if cache is None:
+            return self.speech_encoder(self.log_mel(wav, lengths).to(self.dtype)).last_hidden_state
+        return torch.stack(cache.rows("speech", ids, lengths, compute))
+
+    def _audio_features(self, wav: Tensor, lengths: Tensor, ids) -> tuple[Tensor, Tensor | None]:
+        """BEATs/CED tokens [b, t', d_a] and their padding mask, cached when frozen.
+
+        A cached item keeps only its valid tokens (a prefix: padding is at the end); the batch
+        is rebuilt at the token count the whole batch would give, padding marked True.
+        """
+        pad = torch.arange(wav.shape[1], device=wav.device)[None, :] >= lengths[:, None]
+        cache = self.feature_cache if self.config.freeze_audio_encoder else None
+        if cache is None:
+            return self.beats.extract_features(wav.to(self.dtype), pad)
+
+        def compute(index: list[int]) -> list[Tensor]:
+            sel = torch.as_tensor(index, device=wav.device)
+            s = int(lengths[sel].max())
+            feats, token_pad = self.beats.extract_features(
+                wav[sel, :s].to(self.dtype), pad[sel, :s]
+            )
+            if token_pad is None:
+                return list(feats)
+            return [f[: int((~p).sum())] for f, p in zip(feats, token_pad)]
+
+        rows = cache.rows("audio", ids, lengths, compute)
+        return stack_padded(rows, self.beats.num_tokens(wav.shape[1]))
 
     # ----------------------------------------------------------------- splice
     def _tokens(self, text: str) -> list[int]:

@@ -100,3 +100,34 @@ def test_gradcheck_and_global_normaliser():
     torch.testing.assert_close(loss_fn(out).loss, local * out.mask.sum() / 10.0)
     loss_fn(out).loss.backward()
     assert loss_fn.head.weight.grad is not None and loss_fn.head.weight.grad.abs().sum() > 0
+
+
+def test_qformer_field_scores_real_windows_only():
+    """field="qformer": CTC over each item's real windows equals F.ctc_loss on those windows."""
+    loss_fn = CTCAux(D, V, field="qformer").double()
+    assert loss_fn.hidden_states == ("qformer",)
+    g = torch.Generator().manual_seed(3)
+    windows = torch.randn(2, 5, D, generator=g, dtype=torch.float64)
+    out = _outputs(None, torch.tensor([[1, 2, 3], [0, 3, 0]]), [2, 1], ["asr", "asr"])
+    out.qformer = windows
+    out.qformer_mask = torch.tensor([[True] * 3 + [False] * 2, [True] * 5])
+    got = loss_fn(out).loss
+    lp = torch.log_softmax(loss_fn.head(windows), -1)
+    first = torch.nn.functional.ctc_loss(lp[0, :3, None], torch.tensor([[1, 2]]),
+                                         torch.tensor([3]), torch.tensor([2]), blank=V,
+                                         reduction="sum")  # fmt: skip
+    second = torch.nn.functional.ctc_loss(lp[1, :, None], torch.tensor([[0]]), torch.tensor([5]),
+                                          torch.tensor([1]), blank=V, reduction="sum")  # fmt: skip
+    # denominator: 5 answer tokens (3 + 2, end_sym included)
+    torch.testing.assert_close(got, (first + second) / 5)
+    # padding windows do not matter
+    out.qformer = torch.cat([windows[:1, :3], torch.randn(1, 2, D, dtype=torch.float64)], 1)
+    out.qformer = torch.cat([out.qformer, windows[1:]], 0)
+    torch.testing.assert_close(loss_fn(out).loss, got)
+
+
+def test_unknown_field_is_refused():
+    import pytest
+
+    with pytest.raises(ValueError, match="field"):
+        CTCAux(D, V, field="audio")

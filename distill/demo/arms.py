@@ -1,0 +1,85 @@
+"""The study's arms: the CE-only baseline, the seed team's four KD attempts, and ours.
+
+Each arm is a loss node (what `Recipe.loss` takes) plus the data it trains on. Every arm runs
+for the same steps with the same batch size; the CE-only arm sees the labelled subset, every
+distillation arm also sees the clips the teacher pseudo-labelled (in the equal-labels setting
+there are none, so all arms see the same items). Only the teacher's signals differ.
+
+The seed team's attempts (REFERENCE.md), rebuilt without their defects:
+    kl_ce             0.95 CE + 0.05 token KL (T = 2)
+    mlot_contrastive  MultiLevelOT (CE + 1.5 x OT, Cui et al.) + Q-Former contrastive
+    ddat_contrastive  DDAT (entropy-weighted CE/KL, T = 3) + Q-Former contrastive
+    ddat_mse          DDAT + Q-Former MSE + speech-encoder MSE
+Ours:
+    seqkd             CE on labels and the teacher's pseudo-labels (sequence-level KD)
+    kd                distil-whisper's mix on labels and pseudo-labels: 0.8 CE + KL T^2, T = 2
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+ARMS = ("ce_only", "kl_ce", "mlot_contrastive", "ddat_contrastive", "ddat_mse", "seqkd", "kd")
+SEED_ATTEMPTS = ("kl_ce", "mlot_contrastive", "ddat_contrastive", "ddat_mse")
+BEST = "kd"  # chosen on the valid split (README: "How the best arm was chosen")
+BASELINE = "ce_only"
+
+
+@dataclass(frozen=True)
+class Arm:
+    name: str
+    loss: dict[str, Any]
+    pseudo_labels: bool  # trains on the pseudo-labelled clips too
+    teacher: bool  # needs the live teacher's signals
+
+
+def _kl(temperature: float, **kw) -> dict[str, Any]:
+    return {"_component_": "losses.TokenKL", "temperature": temperature,
+            "cross_tokenizer": "shared_vocab", **kw}  # fmt: skip
+
+
+def _compose(terms: dict, weights: dict | None = None) -> dict[str, Any]:
+    node = {"_component_": "losses.Compose", "terms": terms}
+    if weights:
+        node["weights"] = weights
+    return node
+
+
+def with_aid(loss: dict[str, Any], aid: dict[str, Any] | None, weight: float) -> dict[str, Any]:
+    """`loss` plus the non-distillation aid (CTC on the Q-Former windows) that every arm gets."""
+    if aid is None or weight == 0:
+        return loss
+    return _compose({"main": loss, "ctc": aid}, {"main": 1.0, "ctc": weight})
+
+
+def arm(name: str, *, student_q: int, teacher_q: int, speech: tuple[int, int]) -> Arm:
+    """The arm called `name`; widths size the registered projections of feature losses."""
+    contrastive = {"_component_": "losses.QFormerContrastive",
+                   "student_dim": student_q, "teacher_dim": teacher_q}  # fmt: skip
+    ddat = {"_component_": "losses.DDAT", "kd": _kl(3.0, ce_weight=0.0)}
+    if name == "ce_only":
+        return Arm(name, {"_component_": "losses.CE"}, pseudo_labels=False, teacher=False)
+    if name == "seqkd":
+        return Arm(name, {"_component_": "losses.CE"}, pseudo_labels=True, teacher=False)
+    losses = {
+        "kl_ce": _kl(2.0, ce_weight=0.95, kd_weight=0.05),
+        "mlot_contrastive": _compose(
+            {"mlot": {"_component_": "losses.MultiLevelOT"}, "contrastive": contrastive}
+        ),
+        "ddat_contrastive": _compose({"ddat": ddat, "contrastive": contrastive}),
+        "ddat_mse": _compose(
+            {
+                "ddat": ddat,
+                "mse": {
+                    "_component_": "losses.FeatureMSE",
+                    "fields": ["qformer", "speech"],
+                    "widths": {"qformer": [student_q, teacher_q], "speech": list(speech)},
+                },
+            }
+        ),  # fmt: skip
+        "kd": _kl(2.0, ce_weight=0.8, kd_weight=1.0),
+    }
+    if name not in losses:
+        raise ValueError(f"unknown arm {name!r}; choose from {', '.join(ARMS)}")
+    return Arm(name, losses[name], pseudo_labels=True, teacher=True)

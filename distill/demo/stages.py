@@ -1,0 +1,211 @@
+"""The demo's audio LLMs: the SALMONN-recipe teacher, its pseudo-labels, and the students.
+
+Step 3 of the demo. Every model here is an `AudioLLMConfig` over the foundation parts,
+loaded through `whisper_path`, `audio_encoder_path` and `llm_path` like a released
+checkpoint. Encoders and LM bases are frozen; the Q-Former, the projection and LoRA train,
+as in SALMONN. Every stage is a `Recipe`: the library's own loop, checkpoints and evaluation.
+
+- teacher: the larger LM (LoRA on q/v), trained on every train label;
+- pseudo-labels: the teacher's greedy answers for the clips the students have no label for
+  (distil-whisper's recipe: the teacher's signals cover all the audio);
+- students: the smaller LM with its own tokenizer (LoRA on q/v/gate, the field's light
+  student), one recipe per arm and seed. The CE-only arm trains on the labelled subset;
+  distillation arms add the pseudo-labelled clips and the teacher's signals.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from distill.demo.config import DemoConfig
+from distill.demo.foundation import read_done
+from distill.recipe import Recipe
+
+
+def audio_llm_config(cfg: DemoConfig, found: dict[str, str], role: str) -> dict[str, Any]:
+    """The AudioLLMConfig dict of the teacher or a student over the foundation parts."""
+    from transformers import AutoTokenizer
+
+    lm = found[f"{role}_lm"]
+    tok = AutoTokenizer.from_pretrained(lm, local_files_only=True)
+    ced = read_done(found["audio_encoder"])
+    qformer = 128 if role == "teacher" else 64
+    return {
+        "name": f"demo-{role}",
+        "whisper_path": found["speech_encoder"],
+        "audio_encoder": "ced",
+        "audio_encoder_path": str(Path(found["audio_encoder"]) / "model.safetensors"),
+        "audio_encoder_config": ced["config"],
+        "llm_path": lm,
+        "qformer_hidden": qformer,
+        "qformer_layers": 2,
+        "qformer_heads": 4,
+        "qformer_ffn": 2 * qformer,
+        "second_per_window": cfg.second_per_window,
+        "second_stride": cfg.second_per_window,
+        "lora": True,
+        "lora_rank": 8,
+        "lora_alpha": 32,
+        "lora_dropout": 0.05,
+        "lora_targets": ["q_proj", "v_proj"]
+        if role == "teacher"
+        else ["q_proj", "v_proj", "gate_proj"],
+        "qformer_dropout": 0.0,
+        "end_sym": tok.eos_token,
+        "max_txt_len": 64,
+    }
+
+
+def make_recipe(
+    cfg: DemoConfig,
+    name: str,
+    *,
+    model: dict,
+    loss: dict,
+    train: list[str],
+    paths: dict[str, str],
+    steps: int,
+    lr: float,
+    seed: int,
+    teacher: dict | None = None,
+    test: str | None = None,
+    out_dir: Path | None = None,
+) -> Recipe:
+    """A demo Recipe: the library's loop with the demo's budget."""
+    return Recipe.from_dict(
+        {
+            "name": name,
+            "output_dir": str(out_dir or Path(cfg.out_dir) / name),
+            "seed": seed,
+            "student": {
+                "_component_": "distill.presets.build_model",
+                "config": model,
+                "seed": seed,
+            },
+            "teacher": teacher,
+            "loss": loss,
+            "data": {
+                "train": train,
+                "valid": paths["valid"],
+                "test": test or paths["test"],
+                "batch_size": cfg.batch_size,
+                "num_workers": cfg.num_workers,
+                "trim_fraction": 0.0,
+            },
+            "optim": {
+                "lr": lr,
+                "min_lr_ratio": 0.05,
+                "warmup_steps": max(1, round(cfg.warmup * steps)),
+                "max_steps": steps,
+                "weight_decay": 0.01,
+                "clip_grad_norm": 5.0,
+            },
+            "train": {
+                "log_every": max(1, steps // 40),
+                "save_every": max(1, steps // 2),
+                "keep_last": 1,
+                "eval_every": max(1, steps // 4),
+                "eval_batches": 4,
+                "trackers": [],
+                "progress": cfg.progress,
+                "cache_frozen_features": True,
+            },
+            "eval": {
+                "num_beams": 1,
+                "max_new_tokens": cfg.max_new_tokens,
+                "batch_size": 64,
+                "warmup": max(1, cfg.eval_iters // 10),
+                "iters": cfg.eval_iters,
+                "evaluate_teacher": False,
+            },
+        }
+    )
+
+
+def ctc_aid(model: dict[str, Any]) -> dict[str, Any]:
+    """CTC on the Q-Former windows of ASR items: the bridge aid (not distillation).
+
+    With frozen encoders and a frozen LM, the Q-Former must learn to carry each window's
+    words in time order; answer CE alone barely moves in the demo's budget (valid token
+    accuracy 0.33 after 300 teacher steps, 0.87 with this aid), so every model gets it.
+    """
+    from transformers import AutoTokenizer
+
+    vocab = len(AutoTokenizer.from_pretrained(model["llm_path"], local_files_only=True))
+    return {"_component_": "losses.CTCAux", "width": model["qformer_hidden"],
+            "vocab_size": vocab, "field": "qformer"}  # fmt: skip
+
+
+def teacher_recipe(cfg: DemoConfig, paths: dict[str, str], found: dict[str, str]) -> Recipe:
+    """SALMONN's recipe over the foundation parts: CE (+ the CTC aid) on every train label."""
+    from distill.demo.arms import with_aid
+
+    model = audio_llm_config(cfg, found, "teacher")
+    loss = with_aid({"_component_": "losses.CE"}, ctc_aid(model), cfg.ctc_weight)
+    return make_recipe(
+        cfg, "teacher", model=model, loss=loss, train=[paths["train"]], paths=paths,
+        steps=cfg.teacher_steps, lr=cfg.teacher_lr, seed=cfg.seed,
+    )  # fmt: skip
+
+
+def is_done(run_dir: str | Path) -> bool:
+    return (Path(run_dir) / "eval" / "metrics.json").is_file()
+
+
+def train_and_evaluate(recipe: Recipe, role: str, timings: dict[str, float] | None = None) -> Path:
+    """Fit the recipe and evaluate its model on `data.test` (reused when already done)."""
+    from distill.engine.evaluate import evaluate_one
+    from distill.modeling.audio_llm import AudioLLM
+
+    out = Path(recipe.output_dir)
+    if is_done(out):
+        print(f"[demo] {recipe.name}: reusing {out}")
+        return out
+    print(f"[demo] training {recipe.name} ({recipe.optim.max_steps} steps)")
+    t = time.perf_counter()
+    recipe.fit()
+    t_train = time.perf_counter() - t
+    t = time.perf_counter()
+    model = AudioLLM.from_pretrained(out / "model")
+    evaluate_one(model, out / "eval", name=recipe.name, role=role, recipe=recipe,
+                 model_dir=out / "model")  # fmt: skip
+    if timings is not None:
+        timings[f"{recipe.name}_train_s"] = round(t_train, 1)
+        timings[f"{recipe.name}_eval_s"] = round(time.perf_counter() - t, 1)
+    return out
+
+
+def pseudo_label(cfg: DemoConfig, teacher_dir: str | Path, unlabelled: str, out_file: Path) -> str:
+    """The teacher's greedy answers for the unlabelled clips, as an annotation file.
+
+    Each item keeps its audio, task and prompt; its text becomes the teacher's answer
+    (`"label": "teacher"` marks it). Empty answers are dropped and counted.
+    """
+    from dataclasses import replace
+
+    from distill.data.annotations import read_annotations, write_annotations
+    from distill.eval.runner import generate_all
+    from distill.modeling.audio_llm import AudioLLM
+
+    out_file = Path(out_file)
+    if out_file.is_file():
+        return str(out_file)
+    items = read_annotations(unlabelled)
+    if not items:
+        return write_annotations([], out_file)
+    model = AudioLLM.from_pretrained(Path(teacher_dir) / "model")
+    texts, _ = generate_all(model, items, num_beams=1, max_new_tokens=cfg.max_new_tokens,
+                            batch_size=64, progress=cfg.progress)  # fmt: skip
+    kept = [
+        replace(it, text=texts[it.id].strip(), references=(texts[it.id].strip(),),
+                extra={**it.extra, "label": "teacher"})
+        for it in items
+        if texts[it.id].strip()
+    ]  # fmt: skip
+    stats = {"items": len(items), "kept": len(kept), "dropped_empty": len(items) - len(kept)}
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    (out_file.with_suffix(".stats.json")).write_text(json.dumps(stats, indent=1) + "\n")
+    return write_annotations(kept, out_file)
