@@ -103,13 +103,13 @@ def test_study_quick(tmp_path):
     numbers = json.loads((table / "study.json").read_text())
     from distill.demo.arms import ARMS
 
-    assert numbers["arms"] == list(ARMS) and numbers["baseline"] == "ce_only"
+    assert list(numbers["arms"]) == list(ARMS) and numbers["baseline"] == "ce_only"
     wer = next(m for m in numbers["metrics"] if m["key"] == "asr/wer")
     for arm in ARMS[1:]:
         assert len(wer["arms"][arm]["per_seed"]) == 2
         assert wer["arms"][arm]["pooled"]["verdict"] in ("beats", "ties", "loses")
     equal = json.loads((tmp_path / "study" / "study" / "test-labels-1" / "study.json").read_text())
-    assert equal["arms"] == ["ce_only", "kd"]
+    assert list(equal["arms"]) == ["ce_only", "kd"]
     print(f"distill study --quick: {elapsed:.0f} s")
 
 
