@@ -74,6 +74,44 @@ def _batches(n: int, batch_size: int, steps: int, generator: torch.Generator):
         yield torch.tensor(idx)
 
 
+def _fit(
+    model: nn.Module,
+    loss_of,
+    n: int,
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    clip: float | None,
+    desc: str,
+    progress: bool,
+) -> float:
+    """AdamW with warm-up + cosine over `steps` seeded batches of `n` items; the last loss.
+
+    `loss_of(idx)` gives the loss of the items `idx`; the caller sets train/eval modes.
+    """
+    from tqdm.auto import tqdm
+
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    sched = _schedule(opt, steps, max(1, steps // 10))
+    gen = torch.Generator().manual_seed(seed)
+    loss_value = float("nan")
+    with tqdm(total=steps, desc=desc, disable=not progress, leave=False) as bar:
+        for idx in _batches(n, batch_size, steps, gen):
+            loss = loss_of(idx)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if clip is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), clip)
+            opt.step()
+            sched.step()
+            loss_value = float(loss.detach())
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_value:.3f}", refresh=False)
+    return loss_value
+
+
 def _write_done(out: Path, info: dict) -> None:
     (out / DONE).write_text(json.dumps(info, indent=1) + "\n")
 
@@ -146,8 +184,6 @@ def pretrain_speech_encoder(
     Returns:
         `out`, a `WhisperModel.save_pretrained` directory usable as `whisper_path`.
     """
-    from tqdm.auto import tqdm
-
     out = Path(out)
     torch.manual_seed(seed)
     t0 = time.perf_counter()
@@ -155,32 +191,22 @@ def pretrain_speech_encoder(
     valid_items = [it for it in read_annotations(valid) if it.task == "asr"]
     waves, lengths = load_waves(train_items, seconds)
     model = CTCSpeechEncoder(whisper_config)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    sched = _schedule(opt, steps, max(1, steps // 10))
-    gen = torch.Generator().manual_seed(seed)
-    model.train()
-    bar = tqdm(total=steps, desc="speech encoder (CTC)", disable=not progress, leave=False)
-    loss_value = float("nan")
     with torch.no_grad():  # the front end is fixed: compute each clip's log-mel once
         mels = torch.cat(
             [model.log_mel(w, n) for w, n in zip(waves.split(256), lengths.split(256))]
         )
-    for idx in _batches(len(train_items), batch_size, steps, gen):
+
+    def loss_of(idx: Tensor) -> Tensor:
         targets, target_len = ctc_targets([train_items[i].text for i in idx.tolist()])
         log_probs = model.from_mel(mels[idx])
         frames = speech_frame_lengths(lengths[idx], model.whisper.config)
-        loss = F.ctc_loss(
-            log_probs.transpose(0, 1), targets, frames, target_len, zero_infinity=True
-        )
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-        opt.step()
-        sched.step()
-        loss_value = float(loss.detach())
-        bar.update(1)
-        bar.set_postfix(ctc=f"{loss_value:.3f}", refresh=False)
-    bar.close()
+        return F.ctc_loss(log_probs.transpose(0, 1), targets, frames, target_len,
+                          zero_infinity=True)  # fmt: skip
+
+    model.train()
+    loss_value = _fit(model, loss_of, len(train_items), steps=steps, batch_size=batch_size,
+                      lr=lr, seed=seed, clip=5.0, desc="speech encoder (CTC)",
+                      progress=progress)  # fmt: skip
     cer = _ctc_eval(model, valid_items, seconds)
     model.whisper.save_pretrained(out, safe_serialization=True)
     info = {"kind": "whisper-ctc", "steps": steps, "train_ctc": loss_value, "valid": cer,
@@ -239,7 +265,6 @@ def pretrain_audio_encoder(
         with `audio_encoder_config = read_done(out)["config"]`.
     """
     from safetensors.torch import save_file
-    from tqdm.auto import tqdm
 
     from distill.modeling.ced import CED, CEDConfig
 
@@ -255,24 +280,14 @@ def pretrain_audio_encoder(
     waves, lengths = load_waves(train_items, seconds)
     targets = _tag_targets(train_items, tags)
     calibrate_batchnorm(model, waves, lengths)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    sched = _schedule(opt, steps, max(1, steps // 10))
-    gen = torch.Generator().manual_seed(seed)
     model.train()
     model.init_bn.eval()  # keep the calibrated statistics: train and eval see the same input
-    bar = tqdm(total=steps, desc="audio encoder (tags)", disable=not progress, leave=False)
-    loss_value = float("nan")
-    for idx in _batches(len(train_items), batch_size, steps, gen):
-        logits = _tag_logits(model, waves[idx], lengths[idx])
-        loss = F.binary_cross_entropy_with_logits(logits, targets[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        loss_value = float(loss.detach())
-        bar.update(1)
-        bar.set_postfix(bce=f"{loss_value:.3f}", refresh=False)
-    bar.close()
+    loss_value = _fit(
+        model, lambda idx: F.binary_cross_entropy_with_logits(
+            _tag_logits(model, waves[idx], lengths[idx]), targets[idx]),
+        len(train_items), steps=steps, batch_size=batch_size, lr=lr, seed=seed, clip=None,
+        desc="audio encoder (tags)", progress=progress,
+    )  # fmt: skip
     model.eval()
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     save_file(state, out / "model.safetensors")
@@ -346,7 +361,6 @@ def pretrain_lm(
     Returns:
         `out`, an HF `save_pretrained` directory (config, safetensors, tokenizer): `llm_path`.
     """
-    from tqdm.auto import tqdm
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     out = Path(out)
@@ -370,26 +384,16 @@ def pretrain_lm(
         ids[i, : len(r)] = torch.tensor(r)
         mask[i, : len(r)] = 1
     labels = ids.masked_fill(mask == 0, -100)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    sched = _schedule(opt, steps, max(1, steps // 10))
-    gen = torch.Generator().manual_seed(seed)
-    model.train()
-    name = cfg.get("name_or_path") or llm_config["model_type"]
-    bar = tqdm(total=steps, desc=f"LM ({name})", disable=not progress, leave=False)
-    loss_value = float("nan")
-    for idx in _batches(len(rows), batch_size, steps, gen):
+
+    def loss_of(idx: Tensor) -> Tensor:
         width = int(mask[idx].sum(1).max())
-        loss = model(input_ids=ids[idx, :width], attention_mask=mask[idx, :width],
+        return model(input_ids=ids[idx, :width], attention_mask=mask[idx, :width],
                      labels=labels[idx, :width]).loss  # fmt: skip
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        loss_value = float(loss.detach())
-        bar.update(1)
-        bar.set_postfix(ce=f"{loss_value:.3f}", refresh=False)
-    bar.close()
+
+    model.train()
+    loss_value = _fit(model, loss_of, len(rows), steps=steps, batch_size=batch_size, lr=lr,
+                      seed=seed, clip=1.0, desc=f"LM ({llm_config['model_type']})",
+                      progress=progress)  # fmt: skip
     model.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
     info = {"kind": "causal-lm", "model_type": llm_config["model_type"], "steps": steps,
