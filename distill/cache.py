@@ -28,12 +28,13 @@ import torch
 from safetensors.torch import save_file
 
 from distill.contracts import TeacherSignals
+from distill.errors import DistillError
 
 CACHE_VERSION = 1
 HIDDEN_NAMES = ("llm_hidden", "qformer", "speech", "audio")
 
 
-class CacheError(RuntimeError):
+class CacheError(DistillError, RuntimeError):
     """The cache is missing, incomplete, corrupt, or does not match the request."""
 
 
@@ -248,7 +249,7 @@ def run(args: argparse.Namespace) -> int:
         node = (yaml.safe_load(teacher_path.read_text()) or {}).get("teacher")
         if not node:
             raise SystemExit(f"{teacher_path}: no `teacher:` component node")
-        teacher = instantiate(node)
+        teacher = instantiate(node, config_key="teacher")
     else:
         teacher = instantiate(
             {

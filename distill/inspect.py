@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -338,11 +337,7 @@ def run(args: argparse.Namespace) -> int:
     if args.list or not args.model:
         print("\n".join(sorted(load_presets())))
         return 0
-    try:
-        summaries = [inspect(spec, keys=args.keys) for spec in (args.model, args.compare) if spec]
-    except (ConfigError, FileNotFoundError) as err:
-        print(f"distill inspect: {err}", file=sys.stderr)
-        return 2
+    summaries = [inspect(spec, keys=args.keys) for spec in (args.model, args.compare) if spec]
     if args.json:
         out: dict[str, Any] = {"models": [s.to_dict() for s in summaries]}
         if len(summaries) == 2:

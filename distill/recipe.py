@@ -17,10 +17,11 @@ import dataclasses
 import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, get_args, get_type_hints
 
 import yaml
 
+from distill._coerce import accepts_str, coerce
 from distill._instantiate import ConfigError
 
 
@@ -150,7 +151,7 @@ class Recipe:
     # ---- YAML -------------------------------------------------------------------------
     @classmethod
     def from_dict(cls, data: dict[str, Any], overrides: list[str] | None = None) -> Recipe:
-        data = apply_overrides(dict(data or {}), overrides or [])
+        data = apply_overrides(dict(data or {}), overrides or [], schema=cls)
         return _build(cls, data, "recipe")
 
     @classmethod
@@ -232,6 +233,8 @@ def _build(cls: type, data: dict[str, Any], where: str):
         hint = hints[key]
         if dataclasses.is_dataclass(hint) and isinstance(value, dict):
             value = _build(hint, value, f"{where}.{key}")
+        elif not dataclasses.is_dataclass(hint):
+            value = coerce(value, hint, f"{where}.{key}")
         kwargs[key] = value
     try:
         return cls(**kwargs)
@@ -239,15 +242,21 @@ def _build(cls: type, data: dict[str, Any], where: str):
         raise ConfigError(f"{where}: {err}") from None
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply `a.b.c=value` overrides (value parsed as YAML) to a nested mapping."""
+def apply_overrides(
+    data: dict[str, Any], overrides: list[str], schema: type | None = None
+) -> dict[str, Any]:
+    """Apply `a.b.c=value` overrides to a nested mapping.
+
+    The value is parsed as YAML, except where `schema` (a config dataclass) declares the
+    field `str`: there the text is kept as written, so `optim.mixed_precision=no` is "no".
+    """
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key.path=value")
         key, _, raw = item.partition("=")
-        value = yaml.safe_load(raw) if raw != "" else None
-        node = data
         parts = key.strip().split(".")
+        value = _override_value(item, raw, _hint_at(schema, parts))
+        node = data
         for part in parts[:-1]:
             if node.get(part) is None:
                 node[part] = {}
@@ -256,6 +265,30 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             node = node[part]
         node[parts[-1]] = value
     return data
+
+
+def _override_value(item: str, raw: str, hint: Any) -> Any:
+    if raw == "":
+        return None
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {item!r}: the value is not valid YAML ({err})") from None
+    if hint is None or not accepts_str(hint) or isinstance(value, (str, list, dict)):
+        return value
+    if value is None and type(None) in get_args(hint):
+        return None
+    return raw  # a str field: `no` and `2024` stay the text that was typed
+
+
+def _hint_at(schema: type | None, parts: list[str]) -> Any:
+    """The declared type of the field at `parts` under dataclass `schema`, or None."""
+    hint: Any = schema
+    for part in parts:
+        if not dataclasses.is_dataclass(hint):
+            return None
+        hint = _hints(hint).get(part)
+    return hint
 
 
 def parse_cli_args(

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from distill.errors import DistillError
+
 Statistic = Callable[[np.ndarray], np.ndarray]
 ITEM_FIELDS = ("errors", "reference_words", "cider_d", "spice", "spider")
 # elements per resampling block: bounds memory at ~32 MB of float64 whatever n and s are
@@ -219,7 +221,7 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 # ---- per-item scores on disk -----------------------------------------------------------------
 
 
-class MissingItemScores(ValueError):
+class MissingItemScores(DistillError, ValueError):
     """A predictions.jsonl carries no per-item scores (written before they existed)."""
 
 

@@ -22,9 +22,10 @@ import torch
 from torch import Tensor
 
 from distill.contracts import LossOutput, ModelOutputs, TeacherSignals
+from distill.errors import DistillError
 
 
-class LossInputError(ValueError):
+class LossInputError(DistillError, ValueError):
     """The student outputs and teacher signals handed to a loss do not fit together."""
 
 

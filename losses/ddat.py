@@ -11,7 +11,8 @@ implement `token_divergence`.
 Batch-EMA mode (the seed team's DDAT):
     h_batch = mean teacher entropy H_i (nats, T = 1) over the valid teacher tokens of the
               batch, summed and counted across processes when torch.distributed is up
-    h = 0.9 * h + 0.1 * h_batch   (h = h_batch on the first step)
+    h = 0.9 * h + 0.1 * h_batch   (h = h_batch on the first step; a batch with no valid
+                                   teacher token leaves h and "started" unchanged)
     alpha = base + sigmoid(h - center) * (max - base)       defaults 0.2, 0.4, 2.0
     loss = (1 - alpha) * CE + alpha * KD
 The EMA and its "started" flag are registered buffers (saved in the state dict).
@@ -105,11 +106,12 @@ class DDAT(nn.Module):
         self.register_buffer("entropy_ema", torch.zeros((), dtype=torch.float64))
         self.register_buffer("started", torch.zeros((), dtype=torch.bool))
 
-    def _batch_entropy(self, entropy: Tensor, mask: Tensor) -> Tensor:
+    def _batch_entropy(self, entropy: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean teacher entropy over all ranks' valid tokens, and whether there were any."""
         stats = torch.stack([masked_sum(entropy, mask).double(), mask.sum().double()])
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(stats)
-        return stats[0] / stats[1].clamp_min(1)
+        return stats[0] / stats[1].clamp_min(1), stats[1] > 0
 
     def forward(self, student: ModelOutputs, teacher: TeacherSignals) -> LossOutput:
         check_pair(student, teacher, "DDAT")
@@ -120,17 +122,19 @@ class DDAT(nn.Module):
             student.logits, student.token_ids, student.mask, self.chunk_size
         )
         if self.mode == "batch_ema":
-            h_batch = self._batch_entropy(entropy, t_mask)
+            h_batch, seen = self._batch_entropy(entropy, t_mask)
             if self.training:
+                # A batch without teacher tokens has no entropy: its clamped mean reads 0
+                # and would drag the EMA down. torch.where keeps the step free of host syncs.
                 with torch.no_grad():
                     ema = torch.where(
                         self.started,
                         self.momentum * self.entropy_ema + (1 - self.momentum) * h_batch,
                         h_batch,
                     )
-                    self.entropy_ema.copy_(ema)
-                    self.started.fill_(True)
-            h = self.entropy_ema if bool(self.started) else h_batch
+                    self.entropy_ema.copy_(torch.where(seen, ema, self.entropy_ema))
+                    self.started.copy_(self.started | seen)
+            h = torch.where(self.started, self.entropy_ema, h_batch)
             alpha = self.base + torch.sigmoid(h - self.center) * (self.max - self.base)
             ce = masked_mean(ce_tok, student.mask, nt)
             kd_out = self.kd.divergence(student, teacher)

@@ -11,10 +11,10 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 
 from distill.cache import CacheError, verify_cache
 from distill.contracts import AudioBatch, TeacherSignals, TokenizerInfo
+from distill.modeling.checkpoint import open_safetensors
 
 
 class CachedTeacher:
@@ -54,7 +54,7 @@ class CachedTeacher:
             raise CacheError(f"id {item_id!r} is not in the teacher cache {self.root}")
         shard, i = self.where[item_id]
         if shard not in self._handles:
-            self._handles[shard] = safe_open(str(self.root / shard), framework="pt")
+            self._handles[shard] = open_safetensors(self.root / shard, what="teacher cache shard")
         handle = self._handles[shard]
         prefix = f"{i}."
         return {

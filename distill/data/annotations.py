@@ -20,13 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from distill.data.prompts import DEFAULT_TASK, TASK_PROMPTS, prompt_for
+from distill.errors import DistillError
 
 _KNOWN_KEYS = {
     "path", "text", "task", "Q", "expand_wav", "id", "testset_id", "references", "duration", "stage",
 }  # fmt: skip
 
 
-class AnnotationError(ValueError):
+class AnnotationError(DistillError, ValueError):
     """A malformed annotation file or entry; the message names file, index and field."""
 
 

@@ -21,6 +21,7 @@ import torchaudio.functional as AF
 from torch import Tensor
 
 from distill.contracts import SAMPLE_RATE
+from distill.errors import DistillError
 
 # SALMONN puts 1600 samples (0.1 s at 16 kHz) of silence between a clip and each of its
 # "expand_wav" continuations.
@@ -28,7 +29,7 @@ EXPAND_GAP_SAMPLES = 1600
 DOWNMIX_MODES = ("first", "mean")
 
 
-class AudioError(ValueError):
+class AudioError(DistillError, ValueError):
     """An audio file is missing, unreadable, empty or holds non-finite samples."""
 
 

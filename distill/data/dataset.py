@@ -25,11 +25,12 @@ from torch.utils.data import Dataset
 from distill.contracts import SAMPLE_RATE, AudioBatch
 from distill.data.annotations import Item, read_annotations
 from distill.data.audio import AudioError, audio_info, load_audio
+from distill.errors import DistillError
 
 log = logging.getLogger(__name__)
 
 
-class DataError(RuntimeError):
+class DataError(DistillError, RuntimeError):
     """Too much of the data is bad to train on, or no item is usable."""
 
 

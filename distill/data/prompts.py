@@ -7,6 +7,8 @@ trained and evaluated with that exact string, so fixing it would shift their inp
 
 from __future__ import annotations
 
+from distill.errors import DistillError
+
 TASK_PROMPTS: dict[str, str] = {
     "asr": "Recognize the speech and give me the transcription.",
     "audiocaption": "Please describe the audio.",
@@ -17,7 +19,7 @@ TASK_PROMPTS: dict[str, str] = {
 DEFAULT_TASK = "asr"
 
 
-class UnknownTaskError(KeyError):
+class UnknownTaskError(DistillError, KeyError):
     """A task has no known prompt and the item gave none of its own."""
 
     def __str__(self) -> str:  # KeyError quotes its message; keep it readable

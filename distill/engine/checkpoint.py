@@ -26,7 +26,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
+
+from distill.modeling.checkpoint import read_tensors
 
 STEP_DIR = re.compile(r"^step_(\d+)$")
 
@@ -142,8 +144,8 @@ def load_checkpoint(path: str | Path, rank: int = 0) -> dict[str, Any]:
         raise FileNotFoundError(f"checkpoint {path} is incomplete: missing {missing}")
     out: dict[str, Any] = {"path": path}
     out["state"] = json.loads((path / "state.json").read_text())
-    out["tensors"] = load_file(path / "model.safetensors")
-    out["optimizer"] = torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu")
+    out["tensors"] = read_tensors(path / "model.safetensors", what="training checkpoint")
+    out["optimizer"] = read_tensors(path / "optimizer.pt", what="optimizer state")
     rng_file = path / f"rng_rank{rank}.pt"
-    out["torch_rng"] = torch.load(rng_file, weights_only=True) if rng_file.is_file() else None
+    out["torch_rng"] = read_tensors(rng_file, what="RNG state") if rng_file.is_file() else None
     return out

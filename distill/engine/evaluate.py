@@ -63,7 +63,7 @@ def evaluate_recipe(recipe, include_teacher: bool | None = None) -> dict[str, An
     del student
     include_teacher = recipe.eval.evaluate_teacher if include_teacher is None else include_teacher
     if include_teacher and recipe.teacher:
-        teacher = instantiate(recipe.teacher)
+        teacher = instantiate(recipe.teacher, config_key="teacher")
         model = getattr(teacher, "model", None)
         if model is None:
             print(

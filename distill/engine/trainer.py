@@ -35,6 +35,7 @@ from distill.engine.utils import (
     required_hidden,
     token_accuracy,
 )
+from distill.modeling.checkpoint import CheckpointError, describe_keys, group_keys
 
 
 class DistillStep(nn.Module):
@@ -78,11 +79,11 @@ class Trainer:
         )
         set_seed(recipe.seed)
         acc = self.accelerator
-        self.student = instantiate(recipe.student)
-        self.loss = instantiate(recipe.loss)
+        self.student = instantiate(recipe.student, config_key="student")
+        self.loss = instantiate(recipe.loss, config_key="loss")
         if not isinstance(self.loss, nn.Module):
             raise TypeError(f"recipe.loss must build an nn.Module, got {type(self.loss).__name__}")
-        self.teacher = instantiate(recipe.teacher) if recipe.teacher else None
+        self.teacher = instantiate(recipe.teacher, config_key="teacher") if recipe.teacher else None
         self.hidden = required_hidden(self.loss)
         if recipe.train.cache_frozen_features:
             from distill.modeling.feature_cache import FrozenFeatureCache
@@ -170,9 +171,12 @@ class Trainer:
         student_sd = {k[8:]: v for k, v in data["tensors"].items() if k.startswith("student.")}
         loss_sd = {k[5:]: v for k, v in data["tensors"].items() if k.startswith("loss.")}
         student = self.accelerator.unwrap_model(self.step_module).student
-        missing = [k for k in student_sd if k not in student.state_dict()]
-        if missing:
-            raise KeyError(f"checkpoint {path} has student keys this model lacks: {missing[:5]}")
+        extra = [k for k in student_sd if k not in student.state_dict()]
+        if extra:
+            raise CheckpointError(
+                f"checkpoint {path} does not fit this student: {len(extra)} student keys it "
+                f"lacks: {describe_keys(group_keys(extra))}"
+            )
         student.load_state_dict(student_sd, strict=False)
         self.loss.load_state_dict(loss_sd, strict=True)
         self.optimizer.load_state_dict(data["optimizer"])

@@ -18,12 +18,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from distill.data.annotations import Item, read_annotations
+from distill.errors import DistillError
 
 SUBMISSION_COLUMNS = ("testset_id", "text")
 _FIELD_ID = re.compile(r"^test\d{4}$")
 
 
-class IdMismatchError(ValueError):
+class IdMismatchError(DistillError, ValueError):
     """Predictions and references do not cover the same ids."""
 
 

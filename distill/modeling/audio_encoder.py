@@ -18,17 +18,14 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from distill._instantiate import ConfigError
 
+# CheckpointError is imported from here by beats.py, ced.py and callers; one class for both
+from distill.modeling.checkpoint import CheckpointError, describe_keys, group_keys, read_tensors
+
 KINDS = ("beats", "ced")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint file does not fit the model it is loaded into."""
-
 
 _TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
 
@@ -64,21 +61,7 @@ def read_state_file(path: str | os.PathLike) -> Any:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint file not found: {path}")
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        return load_file(path, device="cpu")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle errors come in many types
-        raise CheckpointError(
-            f"could not read {path} with torch.load(weights_only=True): {err}"
-        ) from err
-
-
-def _preview(keys: list[str], limit: int = 8) -> str:
-    shown = ", ".join(keys[:limit])
-    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
+    return read_tensors(path, what="audio encoder checkpoint")
 
 
 def load_strict(module: nn.Module, state: Mapping[str, Tensor], path: str, what: str) -> None:
@@ -97,15 +80,15 @@ def load_strict(module: nn.Module, state: Mapping[str, Tensor], path: str, what:
     ]
     problems = []
     if missing:
-        problems.append(f"missing keys: {_preview(missing)}")
+        problems.append(f"missing keys: {describe_keys(group_keys(missing))}")
     if unexpected:
-        problems.append(f"unexpected keys: {_preview(unexpected)}")
+        problems.append(f"unexpected keys: {describe_keys(group_keys(unexpected))}")
     if mis_shaped:
-        problems.append(f"shape mismatch: {_preview(mis_shaped)}")
+        problems.append(f"shape mismatch: {'; '.join(mis_shaped)}")
     if problems:
         raise CheckpointError(
-            f"{what} checkpoint {path} does not match the configured architecture; "
-            + "; ".join(problems)
+            f"{what} checkpoint {path} does not match the configured architecture: "
+            + " | ".join(problems)
         )
     module.load_state_dict(dict(state), strict=True)
 

@@ -9,18 +9,30 @@ buffer, and the frozen parameters of any part that was randomly initialised (no
 whisper_path / audio_encoder_path / llm_path to rebuild it from). Frozen parts with a
 path are rebuilt from that path on load. `trainable_only=False` stores everything.
 Every file is written to a temporary name and moved into place with `os.replace`.
+
+Every `.pth`/`.pt`/`.safetensors` that `distill` reads goes through `read_tensors` (or
+`open_safetensors`): a truncated or corrupt file is a `CheckpointError` that names the
+file and says what is wrong with it. Key lists in errors (`describe_keys`) are complete,
+grouped by module and counted, on one line.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
+import zipfile
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
+
+from distill.errors import DistillError
 
 FORMAT = "distill.audio_llm"
 VERSION = 1
@@ -36,8 +48,160 @@ SOURCE_OF = {
 }
 
 
-class CheckpointError(ValueError):
-    """A checkpoint does not fit the model it is loaded into."""
+# safetensors refuses headers above 100 MB; a larger length means the file is not safetensors
+_MAX_HEADER = 100_000_000
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+# Both bases: the encoder loaders raised a RuntimeError, the AudioLLM loaders a ValueError.
+class CheckpointError(DistillError, ValueError, RuntimeError):
+    """A checkpoint file is unreadable, or does not fit the model it is loaded into."""
+
+
+def read_tensors(path: str | os.PathLike, *, what: str = "checkpoint") -> Any:
+    """Read a `.safetensors` file, or a torch pickle with `weights_only=True`, onto the CPU.
+
+    Args:
+        path: the file; `.safetensors` by name, anything else is a `torch.save` file.
+        what: what the file is, for the messages ("SALMONN checkpoint", ...).
+
+    Raises:
+        FileNotFoundError: no such file.
+        CheckpointError: naming the file and what is wrong: empty, truncated, another
+            format than its name says, a bad safetensors header, or a pickle that needs
+            objects `weights_only=True` forbids (never unpickled).
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        if path.endswith(".safetensors"):
+            return load_file(path, device="cpu")
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch and safetensors fail with many unrelated types
+        raise CheckpointError(f"cannot read {what} {path}: {_diagnose(path, err)}") from err
+
+
+def open_safetensors(path: str | os.PathLike, *, what: str = "safetensors file"):
+    """`safe_open(path)` (lazy, per tensor) whose failure names the file and the problem."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        return safe_open(path, framework="pt")
+    except Exception as err:
+        raise CheckpointError(f"cannot read {what} {path}: {_diagnose(path, err)}") from err
+
+
+def _diagnose(path: str, err: Exception) -> str:
+    """What is wrong with an unreadable tensor file, found from its bytes."""
+    size = os.path.getsize(path)
+    if size == 0:
+        return "the file is empty (0 bytes)"
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if path.endswith(".safetensors"):
+        if head[:4] == _ZIP_MAGIC:
+            return "it is a torch.save zip archive, not safetensors (name it .pt)"
+        return _safetensors_problem(path, size) or f"bad safetensors file ({_first_line(err)})"
+    if head[:4] == _ZIP_MAGIC:
+        return _zip_problem(path, size, err)
+    if _safetensors_problem(path, size) is None:
+        return "it is a safetensors file, not a torch pickle (name it .safetensors)"
+    if head[:1] == b"\x80":  # pickle protocol >= 2: the legacy (pre-zip) torch.save format
+        # weights_only allows torch's own globals, so a refused `torch.` one is a cut-off name
+        cut = re.search(r"GLOBAL torch\.", str(err)) is not None
+        if isinstance(err, EOFError) or cut or "truncated" in str(err).lower():
+            return f"truncated or corrupt: a legacy torch pickle of {size} bytes that breaks off"
+        if "weights_only" in str(err).lower():
+            return _unsafe(err)
+        return f"unreadable legacy torch pickle ({_first_line(err)})"
+    return f"not a torch checkpoint: neither a zip archive nor a pickle (starts with {head!r})"
+
+
+def _safetensors_problem(path: str, size: int) -> str | None:
+    """None for a well-formed safetensors layout, else what breaks it."""
+    if size < 8:
+        return f"truncated or not safetensors: {size} bytes, fewer than the 8-byte header length"
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        if n > _MAX_HEADER:
+            return f"not a safetensors file: its first 8 bytes give a header length of {n}"
+        if n > size - 8:
+            return f"truncated: the header needs {n} bytes, only {size - 8} follow the length"
+        raw = f.read(n)
+    try:
+        header = json.loads(raw)
+    except ValueError as err:  # UnicodeDecodeError and JSONDecodeError
+        return f"bad safetensors header: not JSON ({err})"
+    if not isinstance(header, dict):
+        return f"bad safetensors header: a JSON {type(header).__name__}, not an object"
+    try:
+        end = max(
+            (int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"),
+            default=0,
+        )
+    except (TypeError, KeyError, IndexError, ValueError):
+        return "bad safetensors header: a tensor entry without data_offsets"
+    if size < 8 + n + end:
+        return f"truncated: {size} bytes, the header describes {8 + n + end}"
+    return None
+
+
+def _zip_problem(path: str, size: int, err: Exception) -> str:
+    if not zipfile.is_zipfile(path):
+        return f"truncated: a torch.save zip archive cut off at {size} bytes (no central directory)"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as zip_err:
+        return f"corrupt torch.save zip archive ({zip_err})"
+    if bad is not None:
+        return f"corrupt: zip member {bad!r} fails its CRC check"
+    if "weights_only" in str(err).lower():
+        return _unsafe(err)
+    return f"corrupt torch.save archive ({_first_line(err)})"
+
+
+def _unsafe(err: Exception) -> str:
+    lines = str(err).splitlines()
+    said = next((ln.strip() for ln in lines if "WeightsUnpickler error" in ln), _first_line(err))
+    return (
+        "refusing to unpickle it: it holds objects that torch.load(weights_only=True) does not "
+        "allow, and unpickling them could run arbitrary code. If you trust the file, re-save only "
+        "its tensors in a separate trusted environment, e.g. "
+        "torch.save({'model': torch.load(p, weights_only=False)['model']}, out), and load `out` "
+        f"(torch said: {said})"
+    )
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def group_keys(keys: Iterable[str]) -> dict[str, list[str]]:
+    """Keys grouped by module: up to the first layer index, else the parent module.
+
+    `blocks.2.attn.qkv.weight` -> `blocks.2`, `ln_speech.weight` -> `ln_speech`.
+    """
+    groups: dict[str, list[str]] = {}
+    for key in sorted(keys):
+        parts = key.split(".")
+        cut = next((i + 1 for i, p in enumerate(parts) if p.isdigit()), max(len(parts) - 1, 1))
+        groups.setdefault(".".join(parts[:cut]), []).append(key)
+    return groups
+
+
+def describe_keys(groups: Mapping[str, list[str]]) -> str:
+    """Every key on one line, by group and counted: `ln_speech.* (2): ln_speech.bias, ...`."""
+    out = []
+    for prefix, keys in groups.items():
+        star = ".*" if all(k.startswith(prefix + ".") for k in keys) else "*"
+        out.append(
+            keys[0] if len(keys) == 1 else f"{prefix}{star} ({len(keys)}): {', '.join(keys)}"
+        )
+    return "; ".join(out)
 
 
 def rebuildable_keys(model) -> set[str]:
@@ -140,7 +304,8 @@ def load_weights(model, weights: str | os.PathLike) -> None:
     weights = os.fspath(weights)
     if not os.path.isfile(weights):
         raise FileNotFoundError(f"checkpoint weights not found: {weights!r}")
-    load_checked(model, load_file(weights), source=weights, allowed_missing=rebuildable_keys(model))
+    state = read_tensors(weights, what="AudioLLM weights")
+    load_checked(model, state, source=weights, allowed_missing=rebuildable_keys(model))
 
 
 def load_checked(
@@ -156,20 +321,15 @@ def load_checked(
         if tuple(state[k].shape) != tuple(own[k].shape)
     ]
     problems = []
-    for title, items in (
-        ("shape mismatches", shapes),
-        ("missing keys", missing),
-        ("unexpected keys", unexpected),
-    ):
-        if items:
-            shown = "\n    ".join(items[:25]) + (
-                f"\n    ... and {len(items) - 25} more" if len(items) > 25 else ""
-            )
-            problems.append(f"  {len(items)} {title}:\n    {shown}")
+    if shapes:
+        problems.append(f"{len(shapes)} shape mismatches: {'; '.join(shapes)}")
+    for title, keys in (("missing keys", missing), ("unexpected keys", unexpected)):
+        if keys:
+            problems.append(f"{len(keys)} {title}: {describe_keys(group_keys(keys))}")
     if problems:
         raise CheckpointError(
             f"checkpoint {source} does not fit AudioLLM {model.config.name!r} "
-            f"(a different architecture or config?):\n" + "\n".join(problems)
+            f"(a different architecture or config?): " + " | ".join(problems)
         )
     with torch.no_grad():
         model.load_state_dict(state, strict=False)

@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 import re
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
-from distill.modeling.checkpoint import CheckpointError
+from distill.modeling.checkpoint import CheckpointError, describe_keys, read_tensors
 from distill.modeling.config import AudioLLMConfig, read_salmonn_model_block
 
 logger = logging.getLogger(__name__)
@@ -84,22 +83,7 @@ def read_salmonn_state(ckpt_path: str | os.PathLike) -> dict[str, Tensor]:
     path = os.fspath(ckpt_path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"SALMONN checkpoint not found: {path!r}")
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        return load_file(path)
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError) as err:
-        if "weights_only" not in str(err).lower() and not isinstance(err, pickle.UnpicklingError):
-            raise
-        raise CheckpointError(
-            f"refusing to load {path!r}: its pickle holds objects that torch.load(weights_only=True) "
-            "does not allow, and unpickling them could run arbitrary code. If you trust the file, "
-            "re-save only its tensors in a separate trusted environment, e.g. "
-            "torch.save({'model': torch.load(p, weights_only=False)['model']}, out), "
-            f"and load `out`. (torch said: {str(err).splitlines()[0]})"
-        ) from None
+    ckpt = read_tensors(path, what="SALMONN checkpoint")
     state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise CheckpointError(
@@ -139,16 +123,15 @@ def load_salmonn_checkpoint(model, ckpt_path: str | os.PathLike) -> SalmonnLoadR
         if k in own and tuple(v.shape) != tuple(own[k].shape)
     ]
     if missing or shapes:
-        lines = [
-            f"SALMONN checkpoint {os.fspath(ckpt_path)!r} does not fit AudioLLM {model.config.name!r}:"
-        ]
+        problems = []
         if missing:
-            lines.append(f"  missing critical prefixes ({len(missing)}):")
-            lines += [f"    {p}  ({len(ks)} key(s), e.g. {ks[0]})" for p, ks in missing.items()]
+            problems.append(f"missing critical prefixes ({len(missing)}): {describe_keys(missing)}")
         if shapes:
-            lines.append(f"  shape mismatches ({len(shapes)}):")
-            lines += [f"    {s}" for s in shapes]
-        raise CheckpointError("\n".join(lines))
+            problems.append(f"shape mismatches ({len(shapes)}): {'; '.join(shapes)}")
+        raise CheckpointError(
+            f"SALMONN checkpoint {os.fspath(ckpt_path)!r} does not fit AudioLLM "
+            f"{model.config.name!r}: " + " | ".join(problems)
+        )
     usable = {k: v for k, v in state.items() if k in own}
     with torch.no_grad():
         model.load_state_dict(usable, strict=False)

@@ -152,3 +152,25 @@ def test_ema_is_all_reduced_across_processes():
     (ema0, h0, n0), (ema1, h1, n1) = out[0], out[1]
     assert ema0 == pytest.approx(ema1, abs=1e-12)
     assert ema0 == pytest.approx((h0 + h1) / (n0 + n1), abs=1e-12)
+
+
+def test_all_masked_batch_leaves_the_ema_unchanged():
+    """A batch without teacher tokens has no entropy: EMA and `started` stay as they were,
+    and the next real batch moves the EMA to 0.9 h1 + 0.1 h2 as if it had never been."""
+    loss = DDAT(TokenKL(temperature=3.0)).double()
+    s, t = make_pair(b=2, n=4, v=6, seed=1)
+    empty_s, empty_t = make_pair(b=2, n=4, v=6, seed=3)
+    empty_s.mask[:] = False
+    empty_t.mask[:] = False
+    loss(empty_s, empty_t)  # before any real batch: still not started
+    assert not bool(loss.started) and float(loss.entropy_ema) == 0.0
+    loss(s, t)
+    h1 = naive_entropy(t)
+    assert float(loss.entropy_ema) == pytest.approx(h1, abs=1e-12)
+    before = loss.entropy_ema.clone()
+    out = loss(empty_s, empty_t)
+    assert torch.equal(loss.entropy_ema, before) and bool(loss.started)
+    assert out.metrics["entropy"] == pytest.approx(h1, abs=1e-12)  # alpha uses the kept EMA
+    s2, t2 = make_pair(b=2, n=4, v=6, seed=2)
+    loss(s2, t2)
+    assert float(loss.entropy_ema) == pytest.approx(0.9 * h1 + 0.1 * naive_entropy(t2), abs=1e-12)

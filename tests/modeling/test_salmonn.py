@@ -112,6 +112,29 @@ def test_all_missing_prefixes_are_listed_at_once(teacher, tmp_path):
         load_salmonn_checkpoint(teacher, tmp_path / "ckpt.pth")
 
 
+def test_every_missing_key_is_listed_by_prefix_and_counted(teacher, tmp_path):
+    gone = (
+        "ln_speech",
+        "speech_query_tokens",
+        "speech_Qformer.bert.encoder.layer.1.crossattention.output",
+    )
+    lora = "llama_model.base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight"
+    state = {
+        k: v for k, v in salmonn_state(teacher).items() if not k.startswith(gone) and k != lora
+    }
+    torch.save({"model": state}, tmp_path / "ckpt.pth")
+    with pytest.raises(CheckpointError) as err:
+        load_salmonn_checkpoint(teacher, tmp_path / "ckpt.pth")
+    cross = "speech_Qformer.bert.encoder.layer.1.crossattention"
+    assert str(err.value) == (
+        f"SALMONN checkpoint {str(tmp_path / 'ckpt.pth')!r} does not fit AudioLLM "
+        "'tiny-teacher': missing critical prefixes (4): speech_query_tokens; "
+        "ln_speech.* (2): ln_speech.weight, ln_speech.bias; "
+        f"{cross}.* (4): {cross}.output.dense.weight, {cross}.output.dense.bias, "
+        f"{cross}.output.LayerNorm.weight, {cross}.output.LayerNorm.bias; {lora}"
+    )
+
+
 def test_shape_mismatch_is_named(teacher, tmp_path):
     state = salmonn_state(teacher)
     state["speech_llama_proj.weight"] = torch.zeros(4096, 768)
