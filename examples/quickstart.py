@@ -25,7 +25,7 @@ recipes["teacher"].fit()
 recipes["teacher"].evaluate()
 world = add_pseudo_labels(world)  # the students see half of the labels (quick setting)
 recipes["student_ce"] = student_recipe(world, "ce_only", seed=0)
-recipes["student_kd"] = student_recipe(world, "kd", seed=0)
+recipes["student_kd"] = student_recipe(world, "seqkd", seed=0)
 for name in ("student_ce", "student_kd"):
     summary = recipes[name].fit()
     results = recipes[name].evaluate(include_teacher=False)

@@ -49,12 +49,12 @@ def test_demo_quick_end_to_end(tmp_path):
     for name in ("study.md", "study.html", "study.png", "study.json"):
         assert (report / "seeds" / name).is_file(), name
     summary = json.loads((report / "metrics.json").read_text())
-    assert {r["name"] for r in summary["runs"]} == {"teacher", "ce_only-s0", "kd-s0"}
+    assert {r["name"] for r in summary["runs"]} == {"teacher", "ce_only-s0", "seqkd-s0"}
     assert summary["teacher"] == "teacher" and summary["baseline"] == "ce_only-s0"
     text = (report / "report.md").read_text()
     assert "wer" in text.lower() and "cider" in text.lower()
     assert "SPIDEr" not in text.split("CIDEr")[0]
-    for run in ("teacher", "students/labels-0.5/ce_only-s0", "students/labels-0.5/kd-s0"):
+    for run in ("teacher", "students/labels-0.5/ce_only-s0", "students/labels-0.5/seqkd-s0"):
         metrics = json.loads((out / run / "eval" / "metrics.json").read_text())
         assert metrics["accuracy"]["asr"]["metric"] == "wer"
         assert metrics["efficiency"]["baseline"]["ttft_s"] > 0
@@ -62,7 +62,7 @@ def test_demo_quick_end_to_end(tmp_path):
     for part in ("speech_encoder", "teacher_lm", "student_lm"):
         assert (out / "foundation" / part / "model.safetensors").is_file()
         assert (out / "foundation" / part / "config.json").is_file()
-    config = (out / "students" / "labels-0.5" / "kd-s0" / "config.yaml").read_text()
+    config = (out / "students" / "labels-0.5" / "seqkd-s0" / "config.yaml").read_text()
     assert "whisper_path" in config and "foundation/speech_encoder" in config
     assert "pseudo_labels.json" in config  # the distilled student trains on pseudo-labels
     # the README's demo table has the form of the table this metrics.json gives
@@ -101,7 +101,7 @@ def test_study_quick(tmp_path):
     for name in ("study.md", "study.html", "study.png", "study.json"):
         assert (table / name).is_file(), name
     numbers = json.loads((table / "study.json").read_text())
-    from distill.demo.arms import ARMS
+    from distill.demo.arms import STUDY_ARMS as ARMS
 
     assert list(numbers["arms"]) == list(ARMS) and numbers["baseline"] == "ce_only"
     wer = next(m for m in numbers["metrics"] if m["key"] == "asr/wer")
@@ -109,7 +109,7 @@ def test_study_quick(tmp_path):
         assert len(wer["arms"][arm]["per_seed"]) == 2
         assert wer["arms"][arm]["pooled"]["verdict"] in ("beats", "ties", "loses")
     equal = json.loads((tmp_path / "study" / "study" / "test-labels-1" / "study.json").read_text())
-    assert list(equal["arms"]) == ["ce_only", "kd"]
+    assert list(equal["arms"]) == ["ce_only", "seqkd_kl"]
     print(f"distill study --quick: {elapsed:.0f} s")
 
 

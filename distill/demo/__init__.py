@@ -9,7 +9,7 @@
 3. Teacher and students (`stages.py`, `world.py`): the SALMONN recipe over those parts
    (frozen encoders; Q-Former, projection and LoRA train). The teacher pseudo-labels the
    clips the students have no label for. Over several seeds, a distilled student
-   (0.8 CE + token KL, on labels and pseudo-labels) and a CE-only student (the labelled
+   (sequence-level KD: CE on labels and the teacher's pseudo-labels) and a CE-only student (the labelled
    subset) train for the same steps.
 4. Report: the student-versus-teacher report of seed 0, and the seed table with mean ± std,
    paired bootstrap 95 % CIs over test items, verdicts and the share of the gap closed.

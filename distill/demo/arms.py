@@ -11,8 +11,12 @@ The seed team's attempts (REFERENCE.md), rebuilt without their defects:
     ddat_contrastive  DDAT (entropy-weighted CE/KL, T = 3) + Q-Former contrastive
     ddat_mse          DDAT + Q-Former MSE + speech-encoder MSE
 Ours:
-    seqkd             CE on labels and the teacher's pseudo-labels (sequence-level KD)
-    kd                distil-whisper's mix on labels and pseudo-labels: 0.8 CE + KL T^2, T = 2
+    seqkd             CE on labels and the teacher's pseudo-labels (sequence-level KD,
+                      distil-whisper's recipe; the best arm on the valid split)
+    seqkd_kl          seqkd + 0.2 x token KL at T = 1 (the teacher's soft targets, lightly)
+    kd                0.8 CE + KL T^2 (T = 2) on labels and pseudo-labels: the teacher's
+                      teacher-forced distributions are flat (mean top-1 0.54 at T = 1, 0.23
+                      at T = 2) and the KD term keeps the student from learning the alignment
 """
 
 from __future__ import annotations
@@ -20,9 +24,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-ARMS = ("ce_only", "kl_ce", "mlot_contrastive", "ddat_contrastive", "ddat_mse", "seqkd", "kd")
+ARMS = (
+    "ce_only", "kl_ce", "mlot_contrastive", "ddat_contrastive", "ddat_mse", "seqkd", "seqkd_kl",
+    "kd",
+)  # fmt: skip
 SEED_ATTEMPTS = ("kl_ce", "mlot_contrastive", "ddat_contrastive", "ddat_mse")
-BEST = "kd"  # chosen on the valid split (README: "How the best arm was chosen")
+# the study's default arms: `kd` lost on the valid split (WER 82.6 % against CE-only's 17.6 %,
+# seed 0, 10 % labels) and stays available by name (`distill study --arms kd`)
+STUDY_ARMS = tuple(a for a in ARMS if a != "kd")
+# chosen on the valid split, seed 0, 10 % labels (WER / CIDEr-D): seqkd 3.8 % / 0.780,
+# seqkd_kl 5.5 % / 0.785, kd 82.6 % / 0.410, ce_only 17.6 % / 0.381 (teacher 3.1 % / 1.134)
+BEST = "seqkd"
 BASELINE = "ce_only"
 
 
@@ -78,6 +90,7 @@ def arm(name: str, *, student_q: int, teacher_q: int, speech: tuple[int, int]) -
                 },
             }
         ),  # fmt: skip
+        "seqkd_kl": _kl(1.0, ce_weight=1.0, kd_weight=0.2),
         "kd": _kl(2.0, ce_weight=0.8, kd_weight=1.0),
     }
     if name not in losses:
