@@ -162,9 +162,3 @@ def _build(node: Any, args: tuple, overrides: dict, key: str, allowed: Sequence[
 
 def _join(key: str, child: Any) -> str:
     return f"{key}.{child}" if key else str(child)
-
-
-def component_path(obj: Any) -> str:
-    """The dotted path that `locate` maps back to `type(obj)` (or `obj` if a class)."""
-    cls = obj if isinstance(obj, type) else type(obj)
-    return f"{cls.__module__}.{cls.__qualname__}"

@@ -1,7 +1,7 @@
 """`distill bench NAME`: benchmarks that print side-by-side ratios measured in one run.
 
 Benchmarks are plug-ins found through the `distill.benchmarks` entry-point group
-(`losses` lives in the losses package, `train` in the engine), so the core never
+(`losses` lives in the losses package, `train` in `distill.bench_train`), so the core never
 imports a plug-in package by name.
 """
 

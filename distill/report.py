@@ -30,6 +30,13 @@ from pathlib import Path
 import yaml
 
 from distill import stats
+from distill.report_common import (  # noqa: F401  (re-exported)
+    COMPARISON_HEAD,
+    comparison_cells,
+    loss_terms,
+    provenance,
+)
+from distill.report_common import fmt as _fmt
 
 # quality metrics: (task-level key, label, better, scale)
 _QUALITY = {"wer": ("WER %", "lower"), "cider_d": ("CIDEr-D", "higher"),
@@ -40,16 +47,6 @@ _EFFICIENCY = {
     "inference_s": ("inference s", "lower"),
     "memory_gb": ("memory GiB", "lower"),
     "rtfx": ("RTFx", "higher"),
-}
-_TERMS_SKIP = {
-    "step",
-    "epoch",
-    "time",
-    "elapsed",
-    "samples",
-    "tokens",
-    "stage",
-    "grad_norm_clipped",
 }
 
 
@@ -242,14 +239,6 @@ def metric_rows(runs: list[Run], teacher: Run | None) -> list[dict]:
     return rows
 
 
-def _fmt(v: float | None, digits: int = 4) -> str:
-    if v is None:
-        return "n/a"
-    if abs(v) >= 1000:
-        return f"{v:,.1f}"
-    return f"{v:.{digits}g}"
-
-
 def _compare(row: dict, s: Run, baseline: Run, teacher: Run | None) -> dict:
     """One distilled-vs-CE-only comparison on one quality metric: CI, verdict, gap closed."""
     task, name = row["key"].rsplit("/", 1)
@@ -377,18 +366,6 @@ def write_report(
     return out
 
 
-def comparison_cells(c: dict) -> list[str]:
-    """Table cells of one comparison: metric, run, values, diff, CI, verdict, gap closed."""
-    ci = c["note"].split(" (")[0] if c["lo"] is None else stats.format_ci(c, 3)
-    return [c["label"], c["better"], c["run"], _fmt(c["value"]), _fmt(c["baseline_value"]),
-            "n/a" if c["diff"] is None else f"{c['diff']:+.4g}", ci, c["verdict"] or "no verdict",
-            _fmt(c["gap_closed"], 3)]  # fmt: skip
-
-
-COMPARISON_HEAD = ["metric", "better", "run", "run value", "CE-only", "diff", "CI (paired "
-                   "bootstrap over test items)", "verdict", "gap closed"]  # fmt: skip
-
-
 def _ratio_cell(row: dict, name: str) -> str:
     cell = _fmt(row["ratios"].get(name), 3)
     return cell + " (noise)" if row.get("noise", {}).get(name) else cell
@@ -425,48 +402,6 @@ def render_markdown(title, runs, rows, teacher, sentences, plots, compared=()) -
         if r.config_text:
             lines += ["```yaml", r.config_text.rstrip(), "```", ""]
     return "\n".join(lines) + "\n"
-
-
-def provenance(run: Run) -> dict[str, str]:
-    """Path, params, size, data, seed, decoding, hardware and versions of one run."""
-    m, cfg = run.metrics, run.config if isinstance(run.config, dict) else {}
-    model = m.get("model") or {}
-    data = cfg.get("data") or m.get("data")
-    out = {
-        "path": str(run.path),
-        "model": model.get("name", "?"),
-        "params total / trainable": (
-            f"{model.get('params_total', 'n/a')} / {model.get('params_trainable', 'n/a')}"
-        ),
-        "size on disk (bytes)": str(model.get("size_on_disk_bytes", "n/a")),
-        "seed": str(cfg.get("seed", "n/a")),
-        "loss": str((cfg.get("loss") or {}).get("_component_", "n/a"))
-        if isinstance(cfg.get("loss"), dict)
-        else "n/a",
-        "data": json.dumps(data, default=str) if data else "n/a",
-        "test file": str(m.get("test_file", "n/a")),
-        "decoding": json.dumps(m.get("decoding")) if m.get("decoding") else "n/a",
-        "hardware": json.dumps(m.get("hardware")) if m.get("hardware") else "n/a",
-        "versions": json.dumps(m.get("versions")) if m.get("versions") else "n/a",
-        "train log": f"{len(run.train_log)} entries" if run.train_log else "none",
-    }
-    return out
-
-
-def loss_terms(log: list[dict]) -> list[str]:
-    """Numeric keys of a training log other than step counters, in first-seen order."""
-    terms: dict[str, None] = {}
-    for row in log:
-        for k, v in row.items():
-            timing = k.endswith(("_per_s", "_time", "_s"))  # throughput, not a loss term
-            if (
-                k not in _TERMS_SKIP
-                and not timing
-                and isinstance(v, (int, float))
-                and not isinstance(v, bool)
-            ):
-                terms.setdefault(k, None)
-    return list(terms)
 
 
 # ---- CLI ------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ li { margin: 0.3em 0; }
 
 
 def _fmt(v) -> str:
-    from distill.report import _fmt as fmt
+    from distill.report_common import fmt
 
     return fmt(v) if isinstance(v, (int, float)) or v is None else str(v)
 
@@ -68,7 +68,7 @@ def metrics_table(runs, rows, teacher) -> str:
 
 def comparisons_table(compared) -> str:
     """Distilled vs CE-only: difference, paired bootstrap CI, verdict, gap closed."""
-    from distill.report import COMPARISON_HEAD, comparison_cells
+    from distill.report_common import COMPARISON_HEAD, comparison_cells
 
     head = "".join(f"<th>{escape(h)}</th>" for h in COMPARISON_HEAD)
     body = "".join(
@@ -109,7 +109,7 @@ def _worst(run) -> str:
 
 
 def render_html(title, runs, rows, teacher, sentences, plots, compared=()) -> str:
-    from distill.report import provenance
+    from distill.report_common import provenance
 
     roles = ", ".join(f"<code>{escape(r.name)}</code> ({escape(r.role)})" for r in runs)
     out = [

@@ -53,7 +53,7 @@ def _varies(ys: list) -> bool:
 def curve_terms(runs) -> list[str]:
     """Loss terms worth a panel: the total first, the lr last, and no series that is constant
     in every run (fixed `*/weight`s, a constant lr)."""
-    from distill.report import loss_terms
+    from distill.report_common import loss_terms
 
     terms: dict[str, None] = {}
     for r in runs:

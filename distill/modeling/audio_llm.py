@@ -92,7 +92,7 @@ class AudioLLM(nn.Module):
             self.beats = build_audio_encoder(
                 cfg.audio_encoder, config=cfg.audio_encoder_config, path=cfg.audio_encoder_path
             )
-            audio_width = _encoder_width(self.beats)
+            audio_width = self.beats.output_dim
             self.ln_audio = nn.LayerNorm(audio_width)
             width += audio_width
         else:
@@ -177,15 +177,6 @@ class AudioLLM(nn.Module):
         return {k: v for k, v in self.state_dict().items() if k not in frozen}
 
     # ------------------------------------------------------------------ audio
-    def encode_audio(self, batch: AudioBatch) -> tuple[Tensor, Tensor]:
-        """Audio tokens in the LLM's embedding space.
-
-        Returns:
-            embeds [b, w, d] and window mask [b, w] (True where the window holds real audio).
-        """
-        enc = self._encode(batch)
-        return enc["embeds"], enc["mask"]
-
     def _encode(self, batch: AudioBatch) -> dict[str, Tensor]:
         wav = batch.waveforms.to(self.device)
         lengths = batch.lengths.to(self.device)
@@ -403,7 +394,7 @@ class AudioLLM(nn.Module):
         """Rebuild a model saved with `save_pretrained` and load its weights."""
         from distill.modeling.checkpoint import from_pretrained
 
-        return from_pretrained(path, device=device)
+        return from_pretrained(cls, path, device=device)
 
     def _need_tokenizer(self) -> None:
         if self.tokenizer is None:
@@ -418,20 +409,6 @@ def _tok_name(model: AudioLLM) -> str:
 
     path = model.config.resolved_tokenizer_path or ""
     return os.path.basename(os.path.normpath(path)) or "tokenizer"
-
-
-def _encoder_width(encoder: nn.Module) -> int:
-    """Output width of an audio encoder (BEATs or CED module from audio_encoder.py)."""
-    for attr in ("dim", "output_dim", "embed_dim", "out_dim", "hidden_size"):
-        value = getattr(encoder, attr, None)
-        if isinstance(value, int):
-            return value
-    cfg = getattr(encoder, "cfg", None) or getattr(encoder, "config", None)
-    for attr in ("encoder_embed_dim", "embed_dim", "hidden_size"):
-        value = getattr(cfg, attr, None) if cfg is not None else None
-        if isinstance(value, int):
-            return value
-    raise AttributeError(f"cannot tell the output width of audio encoder {type(encoder).__name__}")
 
 
 def _init_bert(module: nn.Module) -> None:

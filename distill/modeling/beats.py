@@ -29,7 +29,7 @@ from einops import rearrange, repeat
 from torch import Tensor, nn
 
 from distill._instantiate import ConfigError
-from distill.modeling.audio_encoder import (
+from distill.modeling._encoder_io import (
     CheckpointError,
     load_strict,
     read_state_file,
@@ -291,6 +291,11 @@ class BEATs(nn.Module):
     Args:
         cfg: architecture; parameter names follow the original so checkpoints load strictly.
     """
+
+    @property
+    def output_dim(self) -> int:
+        """Width d of the features `extract_features` returns."""
+        return self.cfg.encoder_embed_dim
 
     def __init__(self, cfg: BEATsConfig) -> None:
         super().__init__()

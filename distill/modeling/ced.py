@@ -28,7 +28,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from distill._instantiate import ConfigError
-from distill.modeling.audio_encoder import (
+from distill.modeling._encoder_io import (
     CheckpointError,
     load_strict,
     read_state_file,
@@ -163,6 +163,11 @@ class CED(nn.Module):
     Args:
         cfg: architecture; module names follow the original `AudioTransformer`.
     """
+
+    @property
+    def output_dim(self) -> int:
+        """Width d of the features `extract_features` returns."""
+        return self.cfg.embed_dim
 
     def __init__(self, cfg: CEDConfig) -> None:
         super().__init__()

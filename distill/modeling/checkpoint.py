@@ -282,17 +282,18 @@ def read_config(path: str | os.PathLike):
     return config
 
 
-def from_pretrained(path: str | os.PathLike, *, device=None):
-    """Rebuild an `AudioLLM` from its checkpoint dir and load the weights."""
-    from distill.modeling.audio_llm import AudioLLM
+def from_pretrained(model_cls: type, path: str | os.PathLike, *, device=None):
+    """Rebuild a `model_cls` (an `AudioLLM`) from its checkpoint dir and load the weights.
 
+    The class is passed in, so this module never imports `audio_llm` (which imports it).
+    """
     path = os.fspath(path)
     if not os.path.isdir(path):
         raise FileNotFoundError(f"checkpoint dir not found: {path!r}")
     weights = os.path.join(path, WEIGHTS)
     if not os.path.isfile(weights):
         raise FileNotFoundError(f"no {WEIGHTS} in checkpoint dir {path!r}")
-    model = AudioLLM(read_config(path))
+    model = model_cls(read_config(path))
     load_weights(model, weights)
     if device is not None:
         model.to(device)

@@ -33,6 +33,7 @@ def test_tiny_encoder_builds_and_runs_fast(kind):
         feats, pad = model.extract_features(waves, mask)
     d = audio_encoder_dim(kind, tiny_audio_encoder_config(kind))
     assert feats.shape == (2, model.num_tokens(3 * 16000), d) and pad.shape == feats.shape[:2]
+    assert model.output_dim == d == feats.shape[-1]  # what AudioLLM sizes ln_audio with
     assert not pad[0].any() and pad[1].any() and torch.isfinite(feats).all()
     assert model.extract_features(waves[:, :16000])[1] is None
 
