@@ -30,6 +30,7 @@ from pathlib import Path
 import yaml
 
 from distill import stats
+from distill.eval.io import read_jsonl
 from distill.report_common import (  # noqa: F401  (re-exported)
     COMPARISON_HEAD,
     comparison_cells,
@@ -80,16 +81,8 @@ class Run:
 # ---- loading --------------------------------------------------------------------------------
 
 
-def _read_train_log(path: Path) -> list[dict]:
-    rows = []
-    if path.is_file():
-        for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{path} line {line_no}: not valid JSON ({err})") from err
-    return rows
+def _train_log(path: Path) -> list[dict]:
+    return read_jsonl(path) if path.is_file() else []
 
 
 def load_run(path: str | Path) -> Run:
@@ -117,7 +110,7 @@ def load_run(path: str | Path) -> Run:
         metrics,
         config,
         config_text,
-        _read_train_log(path / "train_log.jsonl"),
+        _train_log(path / "train_log.jsonl"),
     )
     run.table = flatten_metrics(metrics)
     try:
