@@ -76,10 +76,13 @@ def test_only_asr_items_count_and_each_counts():
         loss_fn(_outputs(changed, tokens, [2, 2], ["asr", "audiocaption_v2"])).loss, base
     )
     changed = speech.clone()
-    changed[0] += 1.0  # the ASR item: must matter
-    assert not torch.allclose(
-        loss_fn(_outputs(changed, tokens, [2, 2], ["asr", "audiocaption_v2"])).loss, base
-    )
+    changed[0] += 1.0  # the ASR item: must matter, as the brute-force CTC of item 0 says
+    moved = loss_fn(_outputs(changed, tokens, [2, 2], ["asr", "audiocaption_v2"])).loss
+    for x, got in ((speech, base), (changed, moved)):
+        lp = torch.log_softmax(loss_fn.head(x), -1)
+        # only item 0 is ASR; the normaliser is every answer token of the batch (2 x 3)
+        torch.testing.assert_close(got, _naive_ctc(lp[0], [1, 2], V) / 6)
+    assert abs(float(moved - base)) > 1e-3
     none = loss_fn(_outputs(speech, tokens, [2, 2], ["audiocaption_v2"] * 2)).loss
     assert none.item() == 0.0 and none.requires_grad
 

@@ -69,8 +69,19 @@ def test_eval_mode_does_not_move_the_ema():
 
 def test_wraps_multilevel_ot():
     s, t = make_pair(b=2, n=3, v=6, seed=4)
-    out = DDAT(MultiLevelOT(topk=3))(s, t)
-    assert math.isfinite(out.metrics["loss"]) and "kd/ot" in out.metrics
+    ddat = DDAT(MultiLevelOT(topk=3))
+    out = ddat(s, t)
+    assert "kd/ot" in out.metrics
+    # (1 - alpha) CE + alpha OT, alpha from the teacher's mean entropy (first batch: no EMA yet)
+    alpha = ddat.base + (ddat.max - ddat.base) / (1 + math.exp(-(naive_entropy(t) - ddat.center)))
+    ce = -sum(
+        float(s.logits[b, i].double().log_softmax(-1)[s.token_ids[b, i]])
+        for b in range(s.mask.shape[0])
+        for i in range(s.mask.shape[1])
+        if s.mask[b, i]
+    ) / int(s.mask.sum())
+    ot = float(MultiLevelOT(topk=3).divergence(s, t).loss)
+    assert out.metrics["loss"] == pytest.approx((1 - alpha) * ce + alpha * ot, abs=1e-9)
 
 
 def test_per_token_mode_matches_naive():

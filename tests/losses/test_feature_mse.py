@@ -66,7 +66,12 @@ def test_padding_all_masked_and_item_counts():
     s.qformer.data[1, 2] = 50.0
     assert_close(loss(s, t).loss, base, atol=1e-12, rtol=0)
     t.qformer[0, 0] += 1.0
-    assert abs(loss(s, t).metrics["loss"] - float(base.detach())) > 1e-3
+    # masked mean over the 5 valid windows of mean_d (s - t)^2, by hand
+    valid = s.qformer_mask
+    per_window = ((s.qformer.detach() - t.qformer) ** 2).mean(-1)
+    expected = float(per_window[valid].sum() / valid.sum())
+    assert abs(expected - float(base.detach())) > 1e-3  # the changed window counts
+    assert loss(s, t).metrics["loss"] == pytest.approx(expected, abs=1e-12)
     s.qformer_mask[:] = False
     t.qformer_mask[:] = False
     assert loss(s, t).loss.item() == 0.0
