@@ -80,6 +80,15 @@ class Compose(nn.Module):
         schedule = self.schedules.get(name)
         return self.weights[name] * (schedule(int(self.step)) if schedule is not None else 1.0)
 
+    def on_step(self, step: int) -> None:
+        """Called by the engine once per optimizer step, `step` the steps done so far.
+
+        Schedules read this count, so with gradient accumulation every micro-batch of one
+        optimizer step sees the same weights (the engine calls it on every module of the
+        loss tree, so nested stateful losses advance too).
+        """
+        self.step.fill_(int(step))
+
     def forward(self, student: ModelOutputs, teacher: TeacherSignals) -> LossOutput:
         total, metrics = None, {}
         for name, term in self.terms.items():
@@ -93,7 +102,5 @@ class Compose(nn.Module):
             total = w * out.loss if total is None else total + w * out.loss
         if total is None:
             total = student.logits.sum() * 0.0
-        if self.training:
-            self.step += 1
         metrics["loss"] = float(total.detach())
         return LossOutput(loss=total, metrics=metrics)

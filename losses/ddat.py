@@ -8,14 +8,18 @@ The wrapped `kd` module follows a small protocol (`KDTerm`):
 `TokenKL`, `MultiLevelOT` and `ULD` implement `divergence`; `TokenKL` and `ULD` also
 implement `token_divergence`.
 
-Batch-EMA mode (the seed team's DDAT):
-    h_batch = mean teacher entropy H_i (nats, T = 1) over the valid teacher tokens of the
-              batch, summed and counted across processes when torch.distributed is up
-    h = 0.9 * h + 0.1 * h_batch   (h = h_batch on the first step; a batch with no valid
+Batch-EMA mode (the seed team's DDAT), per optimizer step (`on_step`, which the engine
+calls once per step):
+    h_step = mean teacher entropy H_i (nats, T = 1) over the valid teacher tokens of every
+             micro-batch of the step, summed and counted across processes when
+             torch.distributed is up (so accumulation and process layout do not change it)
+    h = 0.9 * h + 0.1 * h_step    (h = h_step after the first step; a step with no valid
                                    teacher token leaves h and "started" unchanged)
     alpha = base + sigmoid(h - center) * (max - base)       defaults 0.2, 0.4, 2.0
     loss = (1 - alpha) * CE + alpha * KD
-The EMA and its "started" flag are registered buffers (saved in the state dict).
+Each micro-batch uses the h of the steps before it; before the first `on_step` it uses its
+own mean entropy. The EMA and its "started" flag are registered buffers (saved in the state
+dict); called outside the engine, call `on_step` after each optimizer step.
 
 Per-token mode: alpha_i = base + (max - base) * H_i / log v, i.e. the teacher entropy is
 normalised by its maximum log v (v = teacher vocabulary), and
@@ -74,6 +78,9 @@ class DDAT(nn.Module):
         mode: "batch_ema" or "per_token".
         base, max, center: alpha = base + sigmoid(h - center) * (max - base).
         momentum: EMA momentum (0.9 keeps 90 % of the old value).
+        initial_entropy: h before the first optimizer step; None uses each micro-batch's
+            own mean entropy (the seed's rule), a number makes the first step's alpha
+            independent of how the global batch is split into micro-batches and ranks.
         chunk_size: positions per chunk for the entropy and the CE.
     """
 
@@ -86,6 +93,7 @@ class DDAT(nn.Module):
         center: float = 2.0,
         momentum: float = 0.9,
         chunk_size: int | None = 8,
+        initial_entropy: float | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(kd, KDTerm):
@@ -103,15 +111,39 @@ class DDAT(nn.Module):
         self.kd, self.mode = kd, mode
         self.base, self.max, self.center = float(base), float(max), float(center)
         self.momentum, self.chunk_size = float(momentum), chunk_size
+        self.initial_entropy = None if initial_entropy is None else float(initial_entropy)
         self.register_buffer("entropy_ema", torch.zeros((), dtype=torch.float64))
         self.register_buffer("started", torch.zeros((), dtype=torch.bool))
+        # [entropy sum, token count] of this optimizer step's micro-batches (not saved: a
+        # checkpoint is written between optimizer steps, when the window is empty)
+        self.register_buffer("window", torch.zeros(2, dtype=torch.float64), persistent=False)
 
     def _batch_entropy(self, entropy: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-        """Mean teacher entropy over all ranks' valid tokens, and whether there were any."""
+        """This micro-batch's [entropy sum, token count] (float64), and its mean (0 if none)."""
         stats = torch.stack([masked_sum(entropy, mask).double(), mask.sum().double()])
+        return stats, stats[0] / stats[1].clamp_min(1)
+
+    def on_step(self, step: int) -> None:
+        """Fold this optimizer step's window into the EMA (the engine calls it once per step).
+
+        The window holds every micro-batch of the accumulation window; under
+        torch.distributed it is summed over all ranks first, so the EMA sees the mean
+        entropy of the whole global batch, whatever the accumulation and process layout. A
+        window without teacher tokens leaves the EMA and `started` as they were
+        (`torch.where`: no host sync).
+        """
+        stats = self.window.clone()
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(stats)
-        return stats[0] / stats[1].clamp_min(1), stats[1] > 0
+        seen = stats[1] > 0
+        h = stats[0] / stats[1].clamp_min(1)
+        with torch.no_grad():
+            ema = torch.where(
+                self.started, self.momentum * self.entropy_ema + (1 - self.momentum) * h, h
+            )
+            self.entropy_ema.copy_(torch.where(seen, ema, self.entropy_ema))
+            self.started.copy_(self.started | seen)
+            self.window.zero_()
 
     def forward(self, student: ModelOutputs, teacher: TeacherSignals) -> LossOutput:
         check_pair(student, teacher, "DDAT")
@@ -122,19 +154,17 @@ class DDAT(nn.Module):
             student.logits, student.token_ids, student.mask, self.chunk_size
         )
         if self.mode == "batch_ema":
-            h_batch, seen = self._batch_entropy(entropy, t_mask)
-            if self.training:
-                # A batch without teacher tokens has no entropy: its clamped mean reads 0
-                # and would drag the EMA down. torch.where keeps the step free of host syncs.
-                with torch.no_grad():
-                    ema = torch.where(
-                        self.started,
-                        self.momentum * self.entropy_ema + (1 - self.momentum) * h_batch,
-                        h_batch,
-                    )
-                    self.entropy_ema.copy_(torch.where(seen, ema, self.entropy_ema))
-                    self.started.copy_(self.started | seen)
-            h = torch.where(self.started, self.entropy_ema, h_batch)
+            stats, h_batch = self._batch_entropy(entropy, t_mask)
+            if self.training:  # folded into the EMA by `on_step`, once per optimizer step
+                self.window.add_(stats.to(self.window.device))
+            # alpha follows the EMA of the steps before this one; before the first optimizer
+            # step there is none, and this micro-batch's own entropy stands in
+            h_first = (
+                h_batch
+                if self.initial_entropy is None
+                else torch.full_like(h_batch, self.initial_entropy)
+            )
+            h = torch.where(self.started, self.entropy_ema, h_first)
             alpha = self.base + torch.sigmoid(h - self.center) * (self.max - self.base)
             ce = masked_mean(ce_tok, student.mask, nt)
             kd_out = self.kd.divergence(student, teacher)

@@ -38,6 +38,19 @@ from distill.engine.utils import (
 from distill.modeling.checkpoint import CheckpointError, describe_keys, group_keys
 
 
+def advance_losses(loss: nn.Module, step: int) -> None:
+    """Call `on_step(step)` on every module of the loss tree that has one.
+
+    The engine calls this once per optimizer step (after `optimizer.step()`), `step` being the
+    number of optimizer steps done: stateful losses (Compose's schedules, DDAT's EMA) advance
+    per optimizer step, not per micro-batch, whatever `grad_accum` is.
+    """
+    for module in loss.modules():
+        hook = getattr(module, "on_step", None)
+        if callable(hook):
+            hook(step)
+
+
 class DistillStep(nn.Module):
     """Student and loss in one module, so DDP/FSDP wrap and synchronise both."""
 
@@ -334,6 +347,7 @@ class Trainer:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
+        advance_losses(self.loss, self.step)
         # every term is normalised by the global token count, so the mean over
         # processes of each process's micro-batch average is the global value
         names = sorted(k for k in metric_sums if k != "loss")

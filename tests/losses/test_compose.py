@@ -33,9 +33,11 @@ def test_warmup_schedule_and_step_buffer():
         terms={"ce": CE(), "kl": TokenKL(ce_weight=0.0)}, schedules={"kl": LinearWarmup(steps=4)}
     )
     weights = []
-    for _ in range(6):
-        weights.append(loss(s, t).metrics["kl/weight"])
-    assert weights == [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
+    for step in range(6):
+        # two micro-batches per optimizer step see the same weight
+        weights.append([loss(s, t).metrics["kl/weight"] for _ in range(2)])
+        loss.on_step(step + 1)
+    assert weights == [[w, w] for w in (0.0, 0.25, 0.5, 0.75, 1.0, 1.0)]
     assert int(loss.step) == 6 and "step" in loss.state_dict()
     fresh = Compose(
         terms={"ce": CE(), "kl": TokenKL(ce_weight=0.0)}, schedules={"kl": LinearWarmup(steps=4)}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -49,9 +50,12 @@ def test_matches_naive_mix_and_ema_buffers():
     ce = TokenKL(kd_weight=0.0)(s, t).metrics["ce"]
     want = (1 - alpha) * ce + alpha * kd.divergence(s, t).metrics["loss"]
     assert out.metrics["loss"] == pytest.approx(want, abs=1e-10)
+    assert not bool(loss.started)  # the EMA moves once per optimizer step, in on_step
+    loss.on_step(1)
     assert float(loss.entropy_ema) == pytest.approx(h, abs=1e-12)
     s2, t2 = make_pair(b=2, n=4, v=6, seed=2)
-    loss(s2, t2)
+    assert loss(s2, t2).metrics["entropy"] == pytest.approx(h, abs=1e-12)
+    loss.on_step(2)
     assert float(loss.entropy_ema) == pytest.approx(0.9 * h + 0.1 * naive_entropy(t2), abs=1e-12)
     restored = DDAT(TokenKL(temperature=3.0))
     restored.load_state_dict(loss.state_dict())
@@ -64,6 +68,7 @@ def test_eval_mode_does_not_move_the_ema():
     s, t = make_pair(seed=3)
     loss = DDAT(TokenKL()).eval()
     loss(s, t)
+    loss.on_step(1)
     assert not bool(loss.started) and float(loss.entropy_ema) == 0.0
 
 
@@ -139,6 +144,7 @@ def _ddp_worker(rank: int, world: int, port: int, out: dict) -> None:
         s, t = make_pair(b=2, n=3, v=5, seed=20 + rank)
         loss = DDAT(TokenKL())
         loss(s, t)
+        loss.on_step(1)
         out[rank] = (
             float(loss.entropy_ema),
             float(teacher_entropy(t)[t.mask].sum()),
@@ -174,14 +180,43 @@ def test_all_masked_batch_leaves_the_ema_unchanged():
     empty_s.mask[:] = False
     empty_t.mask[:] = False
     loss(empty_s, empty_t)  # before any real batch: still not started
+    loss.on_step(1)
     assert not bool(loss.started) and float(loss.entropy_ema) == 0.0
     loss(s, t)
+    loss.on_step(2)
     h1 = naive_entropy(t)
     assert float(loss.entropy_ema) == pytest.approx(h1, abs=1e-12)
     before = loss.entropy_ema.clone()
     out = loss(empty_s, empty_t)
+    loss.on_step(3)
     assert torch.equal(loss.entropy_ema, before) and bool(loss.started)
     assert out.metrics["entropy"] == pytest.approx(h1, abs=1e-12)  # alpha uses the kept EMA
     s2, t2 = make_pair(b=2, n=4, v=6, seed=2)
     loss(s2, t2)
+    loss.on_step(4)
     assert float(loss.entropy_ema) == pytest.approx(0.9 * h1 + 0.1 * naive_entropy(t2), abs=1e-12)
+
+
+def test_ema_window_is_the_whole_accumulation_window():
+    """Two micro-batches then one on_step equal one batch of both: the EMA takes the token
+    mean over the window (not the mean of the two micro-batch means)."""
+    s, t = make_pair(b=2, n=4, v=6, seed=7, lengths=[4, 1])
+
+    def item(x, i):
+        return replace(x, logits=x.logits[i : i + 1], mask=x.mask[i : i + 1],
+                       token_ids=x.token_ids[i : i + 1])  # fmt: skip
+
+    halves = [(item(s, i), item(t, i)) for i in range(2)]
+    whole = DDAT(TokenKL()).double()
+    whole(s, t)
+    whole.on_step(1)
+    accum = DDAT(TokenKL()).double()
+    for hs, ht in halves:
+        accum(hs, ht)
+    accum.on_step(1)
+    ent = teacher_entropy(t)
+    want = float(ent[t.mask].sum() / t.mask.sum())
+    assert float(accum.entropy_ema) == pytest.approx(want, abs=1e-12)
+    assert float(whole.entropy_ema) == pytest.approx(want, abs=1e-12)
+    means = [float(teacher_entropy(ht)[ht.mask].mean()) for _, ht in halves]
+    assert abs(sum(means) / 2 - want) > 1e-3  # the two rules differ on this batch
