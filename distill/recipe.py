@@ -108,17 +108,55 @@ class TrainConfig:
         _require(self.save_every >= 1, "train.save_every must be >= 1")
 
 
+_DECODE_FIELDS = (
+    "num_beams",
+    "max_new_tokens",
+    "min_length",
+    "repetition_penalty",
+    "length_penalty",
+)
+
+
 @dataclass
 class EvalConfig:
-    """Decoding and efficiency settings for `Recipe.evaluate`."""
+    """Decoding and efficiency settings for `Recipe.evaluate`.
 
-    num_beams: int = 1
-    max_new_tokens: int = 64
+    The student and the teacher decode with the same settings: the `decode` preset with the
+    fields below that are set; `teacher_decode` changes the teacher's only.
+    """
+
+    # "greedy" (1 beam, 64 tokens: quick, for tiny runs) or "salmonn" (SALMONN's
+    # decode_config.yaml and the field's protocol: 4 beams, 200 tokens); both min_length 1
+    decode: str = "greedy"
+    num_beams: int | None = None  # None keeps the preset's
+    max_new_tokens: int | None = None  # None keeps the preset's
+    min_length: int | None = None  # 0 lets an answer be empty; None keeps the preset's (1)
+    repetition_penalty: float | None = None  # None keeps the preset's (1.0)
+    length_penalty: float | None = None  # None keeps the preset's (1.0)
+    # the teacher's own changes: any of the fields above, `decode` included; {} = the student's
+    teacher_decode: dict[str, Any] = field(default_factory=dict)
     batch_size: int = 8
     efficiency: list[str] = field(default_factory=lambda: ["baseline", "strict"])
     warmup: int = 10  # efficiency warm-up iterations (the field's protocol: 10)
     iters: int = 100  # timed iterations (the field's protocol: 100)
     evaluate_teacher: bool = True
+
+    def __post_init__(self) -> None:
+        for role in ("student", "teacher"):
+            self.decode_settings(role)  # a bad preset or field fails at load, named
+
+    def decode_settings(self, role: str = "student"):
+        """The `DecodeSettings` of the student or the teacher."""
+        from distill.modeling.generation import decode_settings
+
+        explicit = {k: getattr(self, k) for k in _DECODE_FIELDS}
+        if role != "teacher" or not self.teacher_decode:
+            return decode_settings(self.decode, where="eval", **explicit)
+        changes = dict(self.teacher_decode)
+        # the teacher's preset, if it names one, under the shared explicit fields
+        preset = changes.pop("decode", self.decode)
+        settings = decode_settings(preset, where="eval.teacher_decode", **explicit)
+        return decode_settings(settings, where="eval.teacher_decode", **changes)
 
 
 @dataclass

@@ -30,9 +30,9 @@ RULES = ("exact", "end")
 
 
 def align_positions(
-    student_offsets: Tensor,
+    student_offsets: Tensor | None,
     student_mask: Tensor,
-    teacher_offsets: Tensor,
+    teacher_offsets: Tensor | None,
     teacher_mask: Tensor,
     rule: str = "exact",
 ) -> tuple[Tensor, Tensor]:
@@ -48,9 +48,19 @@ def align_positions(
     Returns:
         index: [b, n] int64 teacher position paired with each student token (0 where unpaired).
         paired: [b, n] bool, True where a pair exists (and both tokens are valid).
+
+    Raises:
+        LossInputError: an unknown rule, or a side without offsets (None).
     """
     if rule not in RULES:
         raise LossInputError(f"alignment rule {rule!r} unknown; expected one of {RULES}")
+    if student_offsets is None or teacher_offsets is None:
+        side = "student" if student_offsets is None else "teacher"
+        raise LossInputError(
+            f"cross-tokenizer alignment needs character offsets, and the {side} has none: a "
+            "slow tokenizer (AudioLLMConfig.use_fast=False) gives offsets only through a fast "
+            "twin that splits the answers the same way"
+        )
     if student_offsets.shape[0] != teacher_offsets.shape[0]:
         raise LossInputError(
             f"align_positions: student batch {student_offsets.shape[0]} != teacher "

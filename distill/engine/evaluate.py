@@ -16,7 +16,11 @@ from distill._instantiate import instantiate
 
 
 def evaluate_one(model, out_dir: Path, *, name: str, role: str, recipe, model_dir=None) -> dict:
-    """Accuracy on `data.test` plus the configured efficiency protocols for one model."""
+    """Accuracy on `data.test` plus the configured efficiency protocols for one model.
+
+    The teacher decodes with `eval.decode_settings("teacher")`, any other role with the
+    student's; metrics.json records them under "decoding".
+    """
     from distill.eval.efficiency import run_protocols
     from distill.eval.io import read_test_items
     from distill.eval.runner import evaluate_model, write_outputs
@@ -31,8 +35,7 @@ def evaluate_one(model, out_dir: Path, *, name: str, role: str, recipe, model_di
         result = evaluate_model(
             model,
             read_test_items(recipe.data.test),
-            num_beams=e.num_beams,
-            max_new_tokens=e.max_new_tokens,
+            decode=e.decode_settings("teacher" if role == "teacher" else "student"),
             batch_size=e.batch_size,
             progress=progress,
         )

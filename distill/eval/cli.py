@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from distill.eval.efficiency import PROTOCOLS, run_protocols
+from distill.modeling.generation import DECODE_PRESETS, decode_settings
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +34,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--efficiency", default="", help="comma list of: baseline,strict")
     parser.add_argument("--name", help="model name in reports (default: model dir / preset)")
     parser.add_argument("--role", default="student", help="teacher | baseline | student | ...")
-    parser.add_argument("--num-beams", type=int, default=4, help="field default 4")
-    parser.add_argument("--max-new-tokens", type=int, default=200, help="field default 200")
+    parser.add_argument(
+        "--decode", default="salmonn", choices=sorted(DECODE_PRESETS),
+        help="decode preset: salmonn (the field's: 4 beams, 200 tokens, min_length 1) or greedy",
+    )  # fmt: skip
+    parser.add_argument("--num-beams", type=int, help="override the preset's beams")
+    parser.add_argument("--max-new-tokens", type=int, help="override the preset's token cap")
+    parser.add_argument("--min-length", type=int, help="override min_length (0 allows empty)")
     parser.add_argument("--batch-size", type=int, default=8, help="field default 8")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
@@ -155,9 +161,13 @@ def run(args: argparse.Namespace) -> int:
     )  # fmt: skip
     result = None
     if args.data and not args.random_init:
+        decode = decode_settings(
+            args.decode, where="eval", num_beams=args.num_beams,
+            max_new_tokens=args.max_new_tokens, min_length=args.min_length,
+        )  # fmt: skip
         result = evaluate_model(
-            model, read_test_items(args.data), num_beams=args.num_beams,
-            max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, progress=progress,
+            model, read_test_items(args.data), decode=decode, batch_size=args.batch_size,
+            progress=progress,
         )  # fmt: skip
     metrics = write_outputs(
         args.out, model=model, name=name, role=args.role, result=result,

@@ -2,13 +2,15 @@
 
 Glossary: b batch items, s waveform samples.
 
-    result = evaluate_model(model, read_test_items("test.json"), num_beams=4, max_new_tokens=200)
+    result = evaluate_model(model, read_test_items("test.json"), decode="salmonn")
     write_outputs(out_dir, model=model, name="ddat", role="student", result=result,
                   efficiency={"baseline": measure_baseline(model)})
 
-Decoding defaults are the field's (audiolm-evaluator `salmonn_eval_config.yaml`: 4 beams,
-200 new tokens, eval batch 8). The field lowercases outputs before scoring; both scorers here
-lowercase internally, and the submission keeps the model's text as generated.
+Decoding defaults to the "salmonn" preset (`distill.modeling.generation.DECODE_PRESETS`:
+SALMONN's decode_config.yaml, which audiolm-evaluator's `salmonn_eval_config.yaml` also uses:
+4 beams, 200 new tokens, min_length 1; eval batch 8). metrics.json records every setting under
+"decoding". The field lowercases outputs before scoring; both scorers here lowercase
+internally, and the submission keeps the model's text as generated.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from distill.eval.asr import word_error_rate
 from distill.eval.caption import caption_metrics
 from distill.eval.efficiency import describe_device, model_device, rtfx, timed
 from distill.eval.io import IdMismatchError, align, write_jsonl, write_submission
+from distill.modeling.generation import DecodeSettings, decode_settings
 
 SCHEMA = "distill.eval/1"
 ASR_TASKS = ("asr",)
@@ -73,20 +76,25 @@ def generate_all(
     model: nn.Module,
     items: Sequence[Item],
     *,
-    num_beams: int,
-    max_new_tokens: int,
+    decode: DecodeSettings | str = "greedy",
+    num_beams: int | None = None,
+    max_new_tokens: int | None = None,
     batch_size: int,
     progress: bool = True,
 ) -> tuple[dict[str, str], dict]:
     """Generate a text for every item. Returns (id -> text, throughput dict with RTFx).
 
-    Processing time is the synchronized wall time of `model.generate` (audio decoding excluded);
-    audio seconds are the loaded (padded to >= 1 s, cut at 30 s) durations.
+    `decode` (settings or preset name) is passed to `model.generate(batch, **settings)`;
+    num_beams and max_new_tokens, when given, override it. Processing time is the
+    synchronized wall time of `model.generate` (audio decoding excluded); audio seconds are
+    the loaded (padded to >= 1 s, cut at 30 s) durations.
     """
     from tqdm.auto import tqdm
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    settings = decode_settings(decode, num_beams=num_beams, max_new_tokens=max_new_tokens)
+    kw = settings.to_dict()
     device = model_device(model)
     model.eval()
     texts: dict[str, str] = {}
@@ -97,7 +105,7 @@ def generate_all(
         audio_s += float(batch.lengths.sum()) / SAMPLE_RATE
         batch = batch.to(device)
         outs, seconds = timed(
-            lambda b=batch: model.generate(b, num_beams=num_beams, max_new_tokens=max_new_tokens),
+            lambda b=batch: model.generate(b, **kw),
             device,
         )
         gen_s += seconds
@@ -118,8 +126,9 @@ def evaluate_model(
     model: nn.Module,
     test_items: Sequence[Item],
     *,
-    num_beams: int = 4,
-    max_new_tokens: int = 200,
+    decode: DecodeSettings | str = "salmonn",
+    num_beams: int | None = None,
+    max_new_tokens: int | None = None,
     batch_size: int = 8,
     references: Mapping[str, str | Sequence[str]] | None = None,
     progress: bool = True,
@@ -127,16 +136,19 @@ def evaluate_model(
     """Generate for every test item and score each task.
 
     Args:
-        model: an AudioLLM (anything with `generate(batch, num_beams=, max_new_tokens=)`).
+        model: an AudioLLM (anything with `generate(batch, **DecodeSettings fields)`).
         test_items: items from `read_test_items` (id, path, task, prompt, references).
-        num_beams, max_new_tokens, batch_size: decoding settings.
+        decode: the decoding settings or a preset name; "salmonn" is the field's protocol.
+        num_beams, max_new_tokens: override `decode` when given.
+        batch_size: items per `generate` call.
         references: id -> reference text(s); overrides the items' own references. Items with
             no references are predicted but not scored.
 
     Returns:
         {"accuracy": {task: metric dict}, "predictions": [{"testset_id", "task", "text",
         "references", + the item's scores when scored: "errors", "reference_words" (ASR) or
-        "cider_d" (+ "spice", "spider") (captions)}], "decoding": {...}, "throughput": {...},
+        "cider_d" (+ "spice", "spider") (captions)}], "decoding": {every `DecodeSettings`
+        field, batch_size}, "throughput": {...},
         "data": {...}}. The per-item scores live in `predictions` only (read them back with
         `distill.stats.load_item_scores`), not in the accuracy dicts.
 
@@ -157,10 +169,10 @@ def evaluate_model(
                 f"test items {unknown[:10]}; {len(missing)} test items have no reference {missing[:10]}"
             )
         refs = given
+    settings = decode_settings(decode, num_beams=num_beams, max_new_tokens=max_new_tokens)
     texts, throughput = generate_all(
-        model, items, num_beams=num_beams, max_new_tokens=max_new_tokens,
-        batch_size=batch_size, progress=progress,
-    )  # fmt: skip
+        model, items, decode=settings, batch_size=batch_size, progress=progress
+    )
     accuracy, per_item = {}, {}
     for task in dict.fromkeys(it.task for it in items):
         scored = {it.id: refs[it.id] for it in items if it.task == task and refs[it.id]}
@@ -179,11 +191,7 @@ def evaluate_model(
     return {
         "accuracy": accuracy,
         "predictions": predictions,
-        "decoding": {
-            "num_beams": num_beams,
-            "max_new_tokens": max_new_tokens,
-            "batch_size": batch_size,
-        },
+        "decoding": {**settings.to_dict(), "batch_size": batch_size},
         "throughput": throughput,
         "data": {"items": len(items), "tasks": dict(Counter(it.task for it in items))},
     }

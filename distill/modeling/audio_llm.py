@@ -62,7 +62,9 @@ class AudioLLM(nn.Module):
         self.tokenizer = None
         if tok_path is not None:
             try:
-                self.tokenizer = P.load_tokenizer(tok_path, config.trust_remote_code)
+                self.tokenizer = P.load_tokenizer(
+                    tok_path, config.trust_remote_code, use_fast=config.use_fast
+                )
             except (OSError, ValueError):
                 if not meta:
                     raise
@@ -148,12 +150,31 @@ class AudioLLM(nn.Module):
     @cached_property
     def tokenizer_info(self) -> TokenizerInfo:
         self._need_tokenizer()
-        return P.make_tokenizer_info(self.tokenizer, self.config.name + ":" + _tok_name(self))
+        # the fast twin of a slow tokenizer, so both kinds of one vocabulary are the same
+        # tokenizer (a slow Llama decodes the lone byte <0x20> to " ", the fast one to "")
+        tok = self.offset_tokenizer or self.tokenizer
+        return P.make_tokenizer_info(tok, self.config.name + ":" + _tok_name(self))
 
     @cached_property
     def end_ids(self) -> list[int]:
+        """Ids of end_sym: appended to every training answer."""
         self._need_tokenizer()
         return P.end_sym_ids(self.tokenizer, self.config.end_sym)
+
+    @cached_property
+    def stop_ids(self) -> list[int]:
+        """Ids that end generation: end_sym, eos and the family's end tokens in the vocab."""
+        self._need_tokenizer()
+        return P.stop_token_ids(self.tokenizer, self.config.end_sym)
+
+    @cached_property
+    def offset_tokenizer(self):
+        """The tokenizer that gives answer offsets: this one if fast, else its fast twin
+        (None when none can be built; then outputs carry no offsets)."""
+        self._need_tokenizer()
+        if getattr(self.tokenizer, "is_fast", False):
+            return self.tokenizer
+        return P.load_fast_twin(self.config.resolved_tokenizer_path, self.config.trust_remote_code)
 
     def num_windows(self, num_samples: int) -> int:
         """Audio tokens the LLM sees for a clip (88 for any clip up to 30 s with real Whisper).
@@ -271,7 +292,8 @@ class AudioLLM(nn.Module):
         Returns:
             dict with inputs_embeds [b, N, d], attention_mask [b, N] long, audio (the
             `_encode` dict) and, with_answer: answer_pos [b, n] (sequence index of each
-            answer token), answer_ids [b, n], answer_mask [b, n] bool, offsets [b, n, 2].
+            answer token), answer_ids [b, n], answer_mask [b, n] bool, offsets [b, n, 2]
+            (None when a slow tokenizer has no fast twin that agrees on the ids).
         """
         self._need_tokenizer()
         audio = audio if audio is not None else self._encode(batch)
@@ -280,8 +302,9 @@ class AudioLLM(nn.Module):
         answers = None
         if with_answer:
             answers = P.tokenize_answers(
-                self.tokenizer, batch.answers, self.end_ids, self.config.max_txt_len, batch.ids
-            )
+                self.tokenizer, batch.answers, self.end_ids, self.config.max_txt_len, batch.ids,
+                offset_tokenizer=self.offset_tokenizer,
+            )  # fmt: skip
         rows, slots = [], []
         for i, instruction in enumerate(batch.prompts):
             pre, post = self._prompt_ids(instruction)
@@ -310,19 +333,21 @@ class AudioLLM(nn.Module):
             tgt = torch.zeros(b, n, dtype=torch.long)
             offs = torch.zeros(b, n, 2, dtype=torch.long)
             mask = torch.zeros(b, n, dtype=torch.bool)
+            has_offsets = all(a.offsets is not None for a in answers)
             for i, a in enumerate(answers):
                 k = len(a.ids)
                 first = len(rows[i]) - k + starts[i]
                 pos[i, :k] = torch.arange(first, first + k)
                 tgt[i, :k] = torch.tensor(a.ids)
-                offs[i, :k] = torch.tensor(a.offsets, dtype=torch.long).reshape(k, 2)
+                if has_offsets:
+                    offs[i, :k] = torch.tensor(a.offsets, dtype=torch.long).reshape(k, 2)
                 mask[i, :k] = True
             dev = self.device
             out.update(
                 answer_pos=pos.to(dev),
                 answer_ids=tgt.to(dev),
                 answer_mask=mask.to(dev),
-                offsets=offs.to(dev),
+                offsets=offs.to(dev) if has_offsets else None,
             )
         return out
 
@@ -374,13 +399,17 @@ class AudioLLM(nn.Module):
         )
 
     @torch.no_grad()
-    def generate(
-        self, batch: AudioBatch, *, num_beams: int = 1, max_new_tokens: int = 64, **kw
-    ) -> list[str]:
-        """Decode answers (greedy for num_beams=1, else beam search); stripped texts."""
+    def generate(self, batch: AudioBatch, decode=None, **overrides) -> list[str]:
+        """Decode answers; stripped texts.
+
+        Args:
+            batch: the batch (answers are ignored).
+            decode: a `DecodeSettings` or a preset name ("greedy", the default, or "salmonn").
+            **overrides: `DecodeSettings` fields, e.g. num_beams=4, max_new_tokens=200.
+        """
         from distill.modeling.generation import generate_text
 
-        return generate_text(self, batch, num_beams=num_beams, max_new_tokens=max_new_tokens, **kw)
+        return generate_text(self, batch, decode, **overrides)
 
     # ------------------------------------------------------------- save/load
     def save_pretrained(self, path, *, trainable_only: bool = True) -> None:

@@ -70,6 +70,9 @@ class AudioLLMConfig:
     llm_path: str | None = None
     llm_config: dict | None = None
     tokenizer_path: str | None = None  # defaults to llm_path
+    # True: the fast tokenizer, whose offsets cross-tokenizer losses need. SALMONN loads the
+    # slow LlamaTokenizer (False here; needs sentencepiece), which takes offsets from its fast twin
+    use_fast: bool = True
     freeze_llm: bool = (
         True  # SALMONN freezes the LLM base; False trains it fully (tiny from-scratch demos)
     )

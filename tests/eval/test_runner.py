@@ -22,8 +22,8 @@ class ScriptedModel(nn.Module):
         self.answers = answers
         self.calls = []
 
-    def generate(self, batch, *, num_beams, max_new_tokens):
-        self.calls.append((list(batch.ids), num_beams, max_new_tokens, batch.waveforms.shape))
+    def generate(self, batch, **decode):
+        self.calls.append((list(batch.ids), decode, batch.waveforms.shape))
         return [self.answers[i] for i in batch.ids]
 
 
@@ -45,9 +45,12 @@ def test_evaluate_model_scores_each_task(test_set):
     cap = out["accuracy"]["audiocaption_v2"]
     assert cap["metrics"] == ["cider_d"] and cap["cider_d"] > 0
     assert cap["references_per_clip"] == 2
-    assert out["decoding"] == {"num_beams": 2, "max_new_tokens": 7, "batch_size": 3}
+    # the salmonn preset (the default) with the two overrides, every setting recorded
+    decode = {"num_beams": 2, "max_new_tokens": 7, "min_length": 1, "repetition_penalty": 1.0,
+              "length_penalty": 1.0, "do_sample": False, "temperature": 1.0, "top_p": 0.9}  # fmt: skip
+    assert out["decoding"] == {**decode, "batch_size": 3}
     assert [c[0] for c in model.calls] == [["test0000", "test0001", "test0002"], ["test0003"]]
-    assert all(c[1:3] == (2, 7) for c in model.calls)
+    assert all(c[1] == decode for c in model.calls)
     assert out["throughput"]["audio_seconds"] == pytest.approx((16000 * 4 + 4000 * 6) / 16000)
     assert out["throughput"]["rtfx"] > 0
     assert [p["text"] for p in out["predictions"]] == list(ANSWERS.values())
@@ -113,6 +116,7 @@ def test_write_outputs_files(tmp_path, test_set):
     assert set(on_disk["versions"]) >= {"python", "torch", "jiwer", "aac-metrics"}
     assert on_disk["hardware"]["cpu_count"] >= 1
     assert metrics["decoding"]["num_beams"] == 4  # the field's default
+    assert (metrics["decoding"]["max_new_tokens"], metrics["decoding"]["min_length"]) == (200, 1)
     rows = read_submission(tmp_path / "eval" / "predictions.csv")
     assert rows[3] == ("test0003", 'rain, "heavy"\nrain')
     lines = (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()
@@ -126,7 +130,7 @@ def test_cli_eval_on_a_saved_tiny_model(tmp_path, tiny_model, test_set):
     rc = distill_main(
         ["eval", "--model", str(model_dir), "--data", test_set, "--out", str(out_dir),
          "--efficiency", "strict,baseline", "--warmup", "1", "--runs", "2", "--decode-tokens", "2",
-         "--clip-seconds", "1", "--num-beams", "1", "--max-new-tokens", "3", "--role", "student",
+         "--clip-seconds", "1", "--decode", "greedy", "--max-new-tokens", "3", "--role", "student",
          "--no-progress"]
     )  # fmt: skip
     assert rc == 0
@@ -135,7 +139,11 @@ def test_cli_eval_on_a_saved_tiny_model(tmp_path, tiny_model, test_set):
     assert m["model"]["params_total"] >= m["model"]["params_trainable"] > 0
     assert set(m["efficiency"]) == {"baseline", "strict"}
     assert m["efficiency"]["strict"]["rtfx"] > 0
-    assert m["decoding"] == {"num_beams": 1, "max_new_tokens": 3, "batch_size": 8}
+    assert m["decoding"] == {
+        "num_beams": 1, "max_new_tokens": 3, "min_length": 1, "repetition_penalty": 1.0,
+        "length_penalty": 1.0, "do_sample": False, "temperature": 1.0, "top_p": 1.0,
+        "batch_size": 8,
+    }  # fmt: skip
     assert m["accuracy"]["asr"]["metric"] == "wer" and m["accuracy"]["asr"]["wer"] >= 0
     assert len(read_submission(out_dir / "predictions.csv")) == 4
 
