@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from distill._instantiate import ConfigError
 
 # CheckpointError is imported from here by beats.py, ced.py and callers; one class for both
-from distill.modeling.checkpoint import CheckpointError, describe_keys, group_keys, read_tensors
+from distill.modeling.checkpoint import CheckpointError, key_problems, read_tensors
 
 __all__ = ["CheckpointError", "load_strict", "read_state_file", "typed_kwargs"]
 
@@ -64,21 +64,7 @@ def load_strict(module: nn.Module, state: Mapping[str, Tensor], path: str, what:
     Raises:
         CheckpointError: naming the missing, unexpected and mis-shaped keys and the file.
     """
-    expected = module.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    mis_shaped = [
-        f"{k} (file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)})"
-        for k in sorted(set(expected) & set(state))
-        if tuple(state[k].shape) != tuple(expected[k].shape)
-    ]
-    problems = []
-    if missing:
-        problems.append(f"missing keys: {describe_keys(group_keys(missing))}")
-    if unexpected:
-        problems.append(f"unexpected keys: {describe_keys(group_keys(unexpected))}")
-    if mis_shaped:
-        problems.append(f"shape mismatch: {'; '.join(mis_shaped)}")
+    problems = key_problems(module.state_dict(), state)
     if problems:
         raise CheckpointError(
             f"{what} checkpoint {path} does not match the configured architecture: "

@@ -24,7 +24,7 @@ import re
 import shutil
 import tempfile
 import zipfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Set
 from typing import Any
 
 import torch
@@ -309,13 +309,16 @@ def load_weights(model, weights: str | os.PathLike) -> None:
     load_checked(model, state, source=weights, allowed_missing=rebuildable_keys(model))
 
 
-def load_checked(
-    model, state: dict[str, Tensor], *, source: str, allowed_missing: set[str]
-) -> None:
-    """`load_state_dict` that first names every unexpected, missing or mis-shaped key."""
-    own = model.state_dict()
+def key_problems(
+    own: Mapping[str, Tensor], state: Mapping[str, Tensor], allowed_missing: Set[str] = frozenset()
+) -> list[str]:
+    """Every mis-shaped, missing and unexpected key of `state` against `own`, one entry per kind.
+
+    Each entry is counted and lists every key, grouped by module (`describe_keys`); empty
+    when `state` fits `own` exactly (up to `allowed_missing`).
+    """
     unexpected = sorted(set(state) - set(own))
-    missing = sorted(set(own) - set(state) - allowed_missing)
+    missing = sorted(set(own) - set(state) - set(allowed_missing))
     shapes = [
         f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
         for k in sorted(set(state) & set(own))
@@ -327,6 +330,14 @@ def load_checked(
     for title, keys in (("missing keys", missing), ("unexpected keys", unexpected)):
         if keys:
             problems.append(f"{len(keys)} {title}: {describe_keys(group_keys(keys))}")
+    return problems
+
+
+def load_checked(
+    model, state: dict[str, Tensor], *, source: str, allowed_missing: set[str]
+) -> None:
+    """`load_state_dict` that first names every unexpected, missing or mis-shaped key."""
+    problems = key_problems(model.state_dict(), state, allowed_missing)
     if problems:
         raise CheckpointError(
             f"checkpoint {source} does not fit AudioLLM {model.config.name!r} "

@@ -83,7 +83,7 @@ def test_wrong_architecture_fails_naming_keys_and_file(tmp_path):
     torch.save(_tiny().state_dict(), path)
     with pytest.raises(
         CheckpointError,
-        match=r"shape mismatch: blocks\.0\.attn\.proj\.bias \(file \(96,\) vs model \(192,\)\)",
+        match=r"33 shape mismatches: blocks\.0\.attn\.proj\.bias: checkpoint \(96,\) vs model \(192,\)",
     ) as err:
         load_ced(str(path), CEDConfig.from_dict({"name": "ced-tiny", "depth": 2, "outputdim": 8}))
     assert str(path) in str(err.value)
