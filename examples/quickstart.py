@@ -17,25 +17,31 @@ from pathlib import Path
 from distill.demo import DemoConfig, add_pseudo_labels, prepare, student_recipe, teacher
 from distill.report import write_report
 
-out = Path(sys.argv[1] if len(sys.argv) > 1 else "quickstart_run")
-cfg = DemoConfig.quick(out_dir=str(out), progress=False)
-world = prepare(cfg)
-recipes = {"teacher": teacher(world)}
-recipes["teacher"].fit()
-recipes["teacher"].evaluate()
-world = add_pseudo_labels(world)  # the students see half of the labels (quick setting)
-recipes["student_ce"] = student_recipe(world, "ce_only", seed=0)
-recipes["student_kd"] = student_recipe(world, "seqkd", seed=0)
-for name in ("student_ce", "student_kd"):
-    summary = recipes[name].fit()
-    results = recipes[name].evaluate(include_teacher=False)
-    print(name, "final loss", round(summary["last"]["loss"], 3), "->", list(results))
 
-report = write_report(
-    [recipes[n].output_dir for n in ("teacher", "student_ce", "student_kd")],
-    out / "report",
-    teacher="teacher",
-    baseline=Path(recipes["student_ce"].output_dir).name,
-)
-print((report / "report.md").read_text()[:1500])
-print("report:", report / "report.html")
+def main() -> None:
+    out = Path(sys.argv[1] if len(sys.argv) > 1 else "quickstart_run")
+    cfg = DemoConfig.quick(out_dir=str(out), progress=False)
+    world = prepare(cfg)
+    recipes = {"teacher": teacher(world)}
+    recipes["teacher"].fit()
+    recipes["teacher"].evaluate()
+    world = add_pseudo_labels(world)  # the students see half of the labels (quick setting)
+    recipes["student_ce"] = student_recipe(world, "ce_only", seed=0)
+    recipes["student_kd"] = student_recipe(world, "seqkd", seed=0)
+    for name in ("student_ce", "student_kd"):
+        summary = recipes[name].fit()
+        results = recipes[name].evaluate(include_teacher=False)
+        print(name, "final loss", round(summary["last"]["loss"], 3), "->", list(results))
+
+    report = write_report(
+        [recipes[n].output_dir for n in ("teacher", "student_ce", "student_kd")],
+        out / "report",
+        teacher="teacher",
+        baseline=Path(recipes["student_ce"].output_dir).name,
+    )
+    print((report / "report.md").read_text()[:1500])
+    print("report:", report / "report.html")
+
+
+if __name__ == "__main__":  # the demo runs independent stages in spawned processes
+    main()

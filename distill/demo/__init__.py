@@ -9,8 +9,9 @@
 3. Teacher and students (`stages.py`, `world.py`): the SALMONN recipe over those parts
    (frozen encoders; Q-Former, projection and LoRA train). The teacher pseudo-labels the
    clips the students have no label for. Over several seeds, a distilled student
-   (sequence-level KD: CE on labels and the teacher's pseudo-labels) and a CE-only student (the labelled
-   subset) train for the same steps.
+   (`arms.BEST`: CE on labels and the teacher's pseudo-labels, plus matching the teacher's
+   Q-Former features) and a CE-only student (the labelled subset) train for the same steps,
+   side by side (`DemoConfig.jobs`).
 4. Report: the student-versus-teacher report of seed 0, and the seed table with mean ± std,
    paired bootstrap 95 % CIs over test items, verdicts and the share of the gap closed.
 
@@ -54,7 +55,7 @@ def __getattr__(name: str):
 
 def run_demo(cfg: DemoConfig, fresh: bool = False) -> Path:
     """Run every stage (reusing finished ones); return the report directory."""
-    from distill.demo.world import build_world, run_student
+    from distill.demo.world import build_world, run_students
     from distill.report import write_report
     from distill.study_report import write_study_report
 
@@ -65,10 +66,11 @@ def run_demo(cfg: DemoConfig, fresh: bool = False) -> Path:
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     world = build_world(cfg, timings)
+    jobs = [(name, seed) for seed in cfg.student_seeds for name in (BASELINE, BEST)]
+    paths = run_students(world, jobs, timings)
     runs: dict[str, list[Path]] = {BASELINE: [], BEST: []}
-    for seed in cfg.student_seeds:
-        for name in runs:
-            runs[name].append(run_student(world, name, seed, timings))
+    for (name, _), path in zip(jobs, paths):
+        runs[name].append(path)
     report = write_report(
         [world.teacher_dir, runs[BASELINE][0], runs[BEST][0]],
         out / "report",
@@ -133,6 +135,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--teacher-steps", type=int, default=None)
     parser.add_argument("--student-steps", type=int, default=None)
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="student runs side by side, 1 torch thread each (default 2)")  # fmt: skip
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -142,7 +146,7 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
         kw["student_seeds"] = tuple(args.student_seeds)
     if args.label_fraction is not None:
         kw["student_label_fraction"] = args.label_fraction
-    for name in ("teacher_steps", "student_steps"):
+    for name in ("teacher_steps", "student_steps", "jobs"):
         if getattr(args, name) is not None:
             kw[name] = getattr(args, name)
     return DemoConfig.quick(**kw) if args.quick else DemoConfig(**kw)

@@ -441,39 +441,61 @@ LM_CONFIGS = {
 def build_foundation(cfg, paths: dict[str, str], timings: dict | None = None) -> dict[str, str]:
     """Pretrain (or reuse) the speech encoder, the audio encoder and the two LMs.
 
+    The four are independent: with `cfg.jobs` > 1 they pretrain side by side in separate
+    processes, each with `cfg.threads` torch threads (as the students do), so their weights
+    do not depend on `jobs`.
+
     Returns:
         {"speech_encoder", "audio_encoder", "teacher_lm", "student_lm"} directories.
     """
-    from distill.modeling.tiny import tiny_whisper_config
-
     root = Path(cfg.out_dir) / "foundation"
-    found = {name: str(root / name) for name in ("speech_encoder", "audio_encoder",
-                                                  "teacher_lm", "student_lm")}  # fmt: skip
-    jobs = {
-        "speech_encoder": lambda out: pretrain_speech_encoder(
-            out, paths["train"], paths["valid"], seconds=cfg.window_seconds,
-            whisper_config=tiny_whisper_config(d=cfg.speech_width, layers=cfg.speech_layers,
-                                               seconds=cfg.window_seconds),
-            steps=cfg.speech_steps, lr=3e-3, seed=cfg.seed, progress=cfg.progress),
-        "audio_encoder": lambda out: pretrain_audio_encoder(
-            out, paths["train"], paths["valid"], seconds=cfg.window_seconds,
-            ced_config={"embed_dim": cfg.audio_width, "depth": 2, "num_heads": 4},
-            steps=cfg.audio_steps, seed=cfg.seed, progress=cfg.progress),
-    }  # fmt: skip
-    texts = lm_texts(read_annotations(paths["train"]))
-    for role in ("teacher", "student"):
-        width = cfg.teacher_lm_width if role == "teacher" else cfg.student_lm_width
-        llm = dict(LM_CONFIGS[role], hidden_size=width, intermediate_size=2 * width)
-        jobs[f"{role}_lm"] = lambda out, llm=llm, role=role: pretrain_lm(
-            out, paths[f"{role}_tokenizer"], texts, llm_config=llm, steps=cfg.lm_steps,
-            batch_size=32, seed=cfg.seed, progress=cfg.progress)  # fmt: skip
-    for name, job in jobs.items():
+    found = {name: str(root / name) for name in FOUNDATION_PARTS}
+    todo = []
+    for name in FOUNDATION_PARTS:
         if is_done(found[name]):
             print(f"[demo] foundation {name}: reusing {found[name]}")
-            continue
-        print(f"[demo] foundation {name}: pretraining")
-        t = time.perf_counter()
-        job(found[name])
-        if timings is not None:
-            timings[f"foundation_{name}_s"] = round(time.perf_counter() - t, 1)
+        else:
+            print(f"[demo] foundation {name}: pretraining")
+            todo.append(name)
+    from distill.demo._parallel import run_parallel
+
+    done = run_parallel(_pretrain_part, [(cfg, paths, n, found[n]) for n in todo], cfg.jobs)
+    seconds = dict(zip(todo, done))
+    if timings is not None:
+        timings.update({f"foundation_{n}_s": s for n, s in seconds.items()})
     return found
+
+
+FOUNDATION_PARTS = ("speech_encoder", "audio_encoder", "teacher_lm", "student_lm")
+
+
+def _pretrain_part(cfg, paths: dict[str, str], name: str, out: str) -> float:
+    """Pretrain one foundation part into `out` with `cfg.threads` threads; its seconds."""
+    from distill.modeling.tiny import tiny_whisper_config
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    t = time.perf_counter()
+    try:
+        if name == "speech_encoder":
+            pretrain_speech_encoder(
+                out, paths["train"], paths["valid"], seconds=cfg.window_seconds,
+                whisper_config=tiny_whisper_config(d=cfg.speech_width, layers=cfg.speech_layers,
+                                                   seconds=cfg.window_seconds),
+                steps=cfg.speech_steps, lr=3e-3, seed=cfg.seed, progress=cfg.progress)  # fmt: skip
+        elif name == "audio_encoder":
+            pretrain_audio_encoder(
+                out, paths["train"], paths["valid"], seconds=cfg.window_seconds,
+                ced_config={"embed_dim": cfg.audio_width, "depth": 2, "num_heads": 4},
+                steps=cfg.audio_steps, lr=cfg.audio_lr, seed=cfg.seed, progress=cfg.progress)  # fmt: skip
+        else:
+            role = name.removesuffix("_lm")
+            width = cfg.teacher_lm_width if role == "teacher" else cfg.student_lm_width
+            llm = dict(LM_CONFIGS[role], hidden_size=width, intermediate_size=2 * width)
+            pretrain_lm(
+                out, paths[f"{role}_tokenizer"], lm_texts(read_annotations(paths["train"])),
+                llm_config=llm, steps=cfg.lm_steps, batch_size=32, seed=cfg.seed,
+                progress=cfg.progress)  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+    return round(time.perf_counter() - t, 1)

@@ -32,7 +32,7 @@ def audio_llm_config(cfg: DemoConfig, found: dict[str, str], role: str) -> dict[
     lm = found[f"{role}_lm"]
     tok = AutoTokenizer.from_pretrained(lm, local_files_only=True)
     ced = read_done(found["audio_encoder"])
-    qformer = 128 if role == "teacher" else 64
+    qformer = cfg.teacher_qformer if role == "teacher" else cfg.student_qformer
     return {
         "name": f"demo-{role}",
         "whisper_path": found["speech_encoder"],
@@ -50,9 +50,7 @@ def audio_llm_config(cfg: DemoConfig, found: dict[str, str], role: str) -> dict[
         "lora_rank": 8,
         "lora_alpha": 32,
         "lora_dropout": 0.05,
-        "lora_targets": ["q_proj", "v_proj"]
-        if role == "teacher"
-        else ["q_proj", "v_proj", "gate_proj"],
+        "lora_targets": list(cfg.teacher_lora if role == "teacher" else cfg.student_lora),
         "qformer_dropout": 0.0,
         "end_sym": tok.eos_token,
         "max_txt_len": 64,
@@ -179,16 +177,18 @@ def train_and_evaluate(recipe: Recipe, role: str, timings: dict[str, float] | No
 
 
 def pseudo_label(cfg: DemoConfig, teacher_dir: str | Path, unlabelled: str, out_file: Path) -> str:
-    """The teacher's greedy answers for the unlabelled clips, as an annotation file.
+    """The teacher's greedy answers for the unlabelled clips, scored and filtered.
 
     Each item keeps its audio, task and prompt; its text becomes the teacher's answer
-    (`"label": "teacher"` marks it). Empty answers are dropped and counted.
+    (`"label": "teacher"` marks it). Answers are scored by the teacher's mean token
+    log-probability (`distill.pseudo`); empty ones, and those under
+    `cfg.pseudo_min_logprob` when it is set, are dropped. What was kept and why goes to
+    `<out>.stats.json`, with how many kept answers differ from the (hidden) true labels.
     """
-    from dataclasses import replace
-
     from distill.data.annotations import read_annotations, write_annotations
     from distill.eval.runner import generate_all
     from distill.modeling.audio_llm import AudioLLM
+    from distill.pseudo import answer_logprobs, filter_pseudo_labels
 
     out_file = Path(out_file)
     if out_file.is_file():
@@ -199,13 +199,26 @@ def pseudo_label(cfg: DemoConfig, teacher_dir: str | Path, unlabelled: str, out_
     model = AudioLLM.from_pretrained(Path(teacher_dir) / "model")
     texts, _ = generate_all(model, items, num_beams=1, max_new_tokens=cfg.max_new_tokens,
                             batch_size=64, progress=cfg.progress)  # fmt: skip
-    kept = [
-        replace(it, text=texts[it.id].strip(), references=(texts[it.id].strip(),),
-                extra={**it.extra, "label": "teacher"})
-        for it in items
-        if texts[it.id].strip()
-    ]  # fmt: skip
-    stats = {"items": len(items), "kept": len(kept), "dropped_empty": len(items) - len(kept)}
+    scores = answer_logprobs(model, items, texts, batch_size=64, progress=cfg.progress)
+    kept, stats = filter_pseudo_labels(items, texts, scores, min_logprob=cfg.pseudo_min_logprob)
+    truth = {it.id: it.text for it in items}
+    info = stats.to_dict() | {
+        "min_logprob": cfg.pseudo_min_logprob,
+        # the demo knows the labels it hid: how clean the kept pseudo-labels are
+        "kept_wrong": {t: sum(k.text != truth[k.id] for k in kept if k.task == t)
+                       for t in stats.by_task},
+        "logprob_quantiles": _quantiles([scores[it.id] for it in items]),
+    }  # fmt: skip
     out_file.parent.mkdir(parents=True, exist_ok=True)
-    (out_file.with_suffix(".stats.json")).write_text(json.dumps(stats, indent=1) + "\n")
+    (out_file.with_suffix(".stats.json")).write_text(json.dumps(info, indent=1) + "\n")
     return write_annotations(kept, out_file)
+
+
+def _quantiles(values: list[float]) -> dict[str, float]:
+    import numpy as np
+
+    finite = np.array([v for v in values if v > float("-inf")])
+    if not finite.size:
+        return {}
+    qs = (0.05, 0.25, 0.5, 0.75, 0.95)
+    return {f"q{int(100 * q)}": round(float(np.quantile(finite, q)), 4) for q in qs}

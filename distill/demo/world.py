@@ -73,9 +73,16 @@ def add_pseudo_labels(world: World, timings: dict[str, float] | None = None) -> 
 
 def build_world(cfg: DemoConfig, timings: dict[str, float]) -> World:
     """`prepare`, then train and evaluate the teacher, then its pseudo-labels."""
-    world = prepare(cfg, timings)
-    train_and_evaluate(teacher(world), "teacher", timings)
-    return add_pseudo_labels(world, timings)
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.world_threads)
+    try:
+        world = prepare(cfg, timings)
+        train_and_evaluate(teacher(world), "teacher", timings)
+        return add_pseudo_labels(world, timings)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def student_recipe(world: World, arm_name: str, seed: int):
@@ -114,6 +121,39 @@ def run_student(world: World, arm_name: str, seed: int, timings: dict, split: st
     return _evaluate_valid(world, recipe, role, timings)
 
 
+def run_students(
+    world: World, jobs: list[tuple[str, int]], timings: dict, split: str = "test"
+) -> list[Path]:
+    """`run_student` for every (arm, seed) of `jobs`, `world.cfg.jobs` at a time.
+
+    Each run gets `cfg.threads` torch threads, in its own process when `cfg.jobs` > 1, so a
+    run's numbers do not depend on how many run beside it. Returns the paths in job order.
+    """
+    from distill.demo._parallel import run_parallel
+
+    calls = [(world, name, seed, split) for name, seed in jobs]
+    results = run_parallel(_student_job, calls, world.cfg.jobs)
+    for _, t in results:
+        timings.update(t)
+    return [p for p, _ in results]
+
+
+def _one_student(world: World, name: str, seed: int, split: str, timings: dict) -> Path:
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(world.cfg.threads)
+    try:
+        return run_student(world, name, seed, timings, split)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _student_job(world: World, name: str, seed: int, split: str) -> tuple[Path, dict]:
+    timings: dict[str, float] = {}
+    return _one_student(world, name, seed, split, timings), timings
+
+
 def teacher_eval_dir(world: World, split: str) -> Path:
     """The teacher's evaluation on `split` (test: its run dir; valid: `<run>/valid`)."""
     if split == "test":
@@ -150,6 +190,7 @@ __all__ = [
     "is_done",
     "prepare",
     "run_student",
+    "run_students",
     "student_recipe",
     "teacher",
     "teacher_eval_dir",

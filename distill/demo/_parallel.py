@@ -1,0 +1,38 @@
+"""Independent demo runs side by side, in spawned processes, with a serial fallback."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+
+def run_parallel(fn: Callable[..., Any], calls: Sequence[tuple], jobs: int) -> list[Any]:
+    """`[fn(*args) for args in calls]`, `jobs` at a time in spawned processes.
+
+    `fn` must be a module-level function and its arguments picklable. When the worker
+    processes cannot start (for instance a script that calls the demo at import time,
+    without `if __name__ == "__main__":`, which every spawned process re-runs), the calls
+    that did not finish run here, one at a time, after a warning that says why.
+    """
+    if jobs <= 1 or len(calls) <= 1:
+        return [fn(*args) for args in calls]
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    results: dict[int, Any] = {}
+    try:
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+            futures = [pool.submit(fn, *args) for args in calls]
+            for i, f in enumerate(futures):
+                results[i] = f.result()
+    except BrokenProcessPool:
+        warnings.warn(
+            f"distill demo: worker processes died before {len(calls) - len(results)} of "
+            f"{len(calls)} runs finished (a script without `if __name__ == '__main__':`, or "
+            "out of memory?); running them here, one at a time",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return [results[i] if i in results else fn(*args) for i, args in enumerate(calls)]

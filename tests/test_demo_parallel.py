@@ -1,0 +1,35 @@
+"""`distill.demo._parallel.run_parallel`: order, results, and the serial fallback."""
+
+import multiprocessing as mp
+import os
+
+import pytest
+
+from distill.demo._parallel import run_parallel
+
+
+def _square_with_pid(x: int) -> tuple[int, int]:
+    return x * x, os.getpid()
+
+
+def _dies_in_a_worker(x: int) -> int:
+    if mp.parent_process() is not None:
+        os._exit(3)  # a worker that cannot run (as an unguarded script's would)
+    return x + 1
+
+
+def test_results_come_back_in_call_order_from_other_processes():
+    out = run_parallel(_square_with_pid, [(3,), (1,), (2,)], jobs=2)
+    assert [v for v, _ in out] == [9, 1, 4]
+    assert all(pid != os.getpid() for _, pid in out)
+
+
+def test_one_job_runs_here():
+    out = run_parallel(_square_with_pid, [(3,), (4,)], jobs=1)
+    assert out == [(9, os.getpid()), (16, os.getpid())]
+
+
+def test_dead_workers_fall_back_to_serial_with_a_warning():
+    with pytest.warns(RuntimeWarning, match="one at a time"):
+        out = run_parallel(_dies_in_a_worker, [(1,), (2,), (3,)], jobs=2)
+    assert out == [2, 3, 4]
