@@ -241,6 +241,8 @@ class ModelOutputs(_Signals):
     Attributes:
         logits: [b, n, v] logits at the positions that predict each answer token
             (row i predicts `token_ids[:, i]`). Kept in the model's dtype; losses upcast.
+            None only in a features-only pass (`AudioLLM.forward(logits=False)`, a frozen
+            teacher's), which then carries at least one hidden state.
         (all other fields: see `_Signals`)
     """
 
@@ -248,7 +250,16 @@ class ModelOutputs(_Signals):
 
     def __post_init__(self) -> None:
         b, n = self._validate_common("ModelOutputs")
-        _check(self.logits is not None, "ModelOutputs.logits is required")
+        if self.logits is None:
+            _check(
+                any(
+                    getattr(self, f) is not None
+                    for f in ("llm_hidden", "qformer", "speech", "audio")
+                ),
+                "ModelOutputs.logits is required (None only in a features-only pass, with a "
+                "hidden state)",
+            )
+            return
         _check_tensor("logits", self.logits, 3, "ModelOutputs")
         _check(
             tuple(self.logits.shape[:2]) == (b, n),
@@ -270,7 +281,8 @@ class ModelOutputs(_Signals):
 class TeacherSignals(_Signals):
     """What a teacher provides: the `ModelOutputs` fields, logits dense or sparse.
 
-    Exactly one of the two logit forms is set:
+    At most one of the two logit forms is set (none: features only, for losses that match
+    hidden states and read no logits; then at least one hidden state is set):
         logits: [b, n, v] dense logits.
         topk_values: [b, n, k] the k largest logits (raw, temperature 1), descending.
         topk_indices: [b, n, k] int64 their vocabulary ids.
@@ -290,9 +302,19 @@ class TeacherSignals(_Signals):
         dense = self.logits is not None
         sparse = self.topk_values is not None or self.topk_indices is not None
         _check(
-            dense != sparse,
-            "TeacherSignals needs exactly one of dense `logits` or sparse `topk_values`+`topk_indices`",
+            not (dense and sparse),
+            "TeacherSignals takes one of dense `logits` or sparse `topk_values`+`topk_indices`, "
+            "not both",
         )
+        if not (dense or sparse):
+            _check(
+                any(
+                    getattr(self, f) is not None
+                    for f in ("llm_hidden", "qformer", "speech", "audio")
+                ),
+                "TeacherSignals without logits (features only) needs at least one hidden state",
+            )
+            return
         if dense:
             _check_tensor("logits", self.logits, 3, "TeacherSignals")
             _check(
@@ -326,7 +348,11 @@ class TeacherSignals(_Signals):
 
     @property
     def is_sparse(self) -> bool:
-        return self.logits is None
+        return self.logits is None and self.topk_values is not None
+
+    @property
+    def has_logits(self) -> bool:
+        return self.logits is not None or self.topk_values is not None
 
     @classmethod
     def from_outputs(cls, outputs: ModelOutputs, topk: int | None = None) -> TeacherSignals:
@@ -339,6 +365,8 @@ class TeacherSignals(_Signals):
         for name in ("llm_hidden", "qformer", "speech", "audio"):
             if kwargs[name] is not None:
                 kwargs[name] = kwargs[name].detach()
+        if outputs.logits is None:  # features only
+            return cls(**kwargs)
         logits = outputs.logits.detach()
         if topk is None:
             return cls(**kwargs, logits=logits)

@@ -29,6 +29,15 @@ class LossInputError(DistillError, ValueError):
     """The student outputs and teacher signals handed to a loss do not fit together."""
 
 
+def require_logits(teacher, owner: str) -> None:
+    """A clear error for a token loss given features-only teacher signals."""
+    if teacher is not None and not teacher.has_logits:
+        raise LossInputError(
+            f"{owner} reads the teacher's logits, but the teacher gave features only "
+            "(AudioLLMTeacher(logits=False)); give it logits=True"
+        )
+
+
 class NonFiniteError(FloatingPointError):
     """A loss input or result contains NaN or +inf."""
 

@@ -22,6 +22,9 @@ class CE(nn.Module):
         chunk_size: positions per chunk of the log-softmax (None: unchunked).
     """
 
+    teacher_logits = False  # reads no teacher logits: a teacher may skip its LLM (see
+    # distill.engine.utils.needs_teacher_logits)
+
     def __init__(self, chunk_size: int | None = 8) -> None:
         super().__init__()
         self.chunk_size = chunk_size

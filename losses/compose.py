@@ -75,6 +75,11 @@ class Compose(nn.Module):
         self.schedules = dict(schedules or {})
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
 
+    @property
+    def teacher_logits(self) -> bool:
+        """Whether any term reads the teacher's logits (a term that does not say: yes)."""
+        return any(getattr(term, "teacher_logits", True) for term in self.terms.values())
+
     def weight(self, name: str) -> float:
         """Effective weight of `name` at the current step."""
         schedule = self.schedules.get(name)

@@ -36,6 +36,9 @@ class QFormerContrastive(nn.Module):
         learn_temperature: learn log(1/tau) as a registered parameter.
     """
 
+    teacher_logits = False  # reads no teacher logits: a teacher may skip its LLM (see
+    # distill.engine.utils.needs_teacher_logits)
+
     hidden_states = ("qformer",)  # the engine asks the student forward for these
 
     def __init__(

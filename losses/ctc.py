@@ -41,6 +41,9 @@ class CTCAux(nn.Module):
             carry each window's tokens in time order).
     """
 
+    teacher_logits = False  # reads no teacher logits: a teacher may skip its LLM (see
+    # distill.engine.utils.needs_teacher_logits)
+
     def __init__(
         self, width: int, vocab_size: int, tasks: Sequence[str] = ("asr",), field: str = "speech"
     ) -> None:

@@ -67,6 +67,9 @@ class FeatureMSE(nn.Module):
         weights: {field: weight}; default 1 each.
     """
 
+    teacher_logits = False  # reads no teacher logits: a teacher may skip its LLM (see
+    # distill.engine.utils.needs_teacher_logits)
+
     def __init__(
         self,
         fields: tuple[str, ...] | list[str] = ("qformer",),

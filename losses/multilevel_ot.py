@@ -44,6 +44,7 @@ from losses._reduce import (
     chunked,
     finish_with_ce,
     masked_mean,
+    require_logits,
     upcast,
 )
 from losses.sinkhorn import l1_cost, sinkhorn
@@ -108,6 +109,7 @@ class MultiLevelOT(nn.Module):
         self.eps, self.iters, self.chunk_size = float(eps), int(iters), chunk_size
 
     def _terms(self, student: ModelOutputs, teacher: TeacherSignals) -> dict[str, Tensor]:
+        require_logits(teacher, type(self).__name__)
         check_pair(student, teacher, "MultiLevelOT")
         if teacher.is_sparse:
             raise LossInputError(
@@ -212,6 +214,7 @@ class ULD(nn.Module):
         self, student: ModelOutputs, teacher: TeacherSignals
     ) -> tuple[Tensor, Tensor, Tensor]:
         check_pair(student, teacher, "ULD")
+        require_logits(teacher, "ULD")
         if teacher.is_sparse:
             raise LossInputError("ULD needs dense teacher logits (it sorts the full distribution)")
         check_finite("student.logits", student.logits)

@@ -30,6 +30,8 @@ class AudioLLMTeacher:
         topk: keep only the top-k logits (sparse signals, what the cache stores); None = dense.
         hidden: hidden states to expose ("qformer", "speech", "audio", "llm_hidden");
             the engine adds those its losses need.
+        logits: False skips the teacher's LLM and returns features only; the engine sets it
+            False when no loss reads teacher logits (`needs_teacher_logits`).
     """
 
     def __init__(
@@ -41,6 +43,7 @@ class AudioLLMTeacher:
         device: str | None = None,
         topk: int | None = None,
         hidden: Sequence[str] = (),
+        logits: bool = True,
     ):
         if (path is None) == (model is None):
             raise ValueError("AudioLLMTeacher needs exactly one of `path` or `model`")
@@ -57,6 +60,7 @@ class AudioLLMTeacher:
             self.model.to(self.device)
         self.topk = topk
         self.hidden = tuple(hidden)
+        self.logits = bool(logits)
         self.path = path
 
     def to_device(self, device: torch.device | str) -> None:
@@ -72,7 +76,8 @@ class AudioLLMTeacher:
     @torch.no_grad()
     def signals(self, batch: AudioBatch) -> TeacherSignals:
         device = self.device or next(self.model.parameters()).device
-        outputs = self.model(batch.to(device), hidden=self.hidden)
+        kw = {} if self.logits else {"logits": False}
+        outputs = self.model(batch.to(device), hidden=self.hidden, **kw)
         signals = TeacherSignals.from_outputs(outputs, topk=self.topk)
         return _to(signals, batch.waveforms.device)
 

@@ -82,8 +82,12 @@ def test_teacher_signals_dense_or_sparse():
     assert sparse.is_sparse and sparse.topk_values.shape == (2, 3, 2)
     torch.testing.assert_close(sparse.topk_values[..., 0], out.logits.max(-1).values)
     torch.testing.assert_close(sparse.logsumexp, torch.logsumexp(out.logits, -1))
-    with pytest.raises(ContractError, match="exactly one"):
-        TeacherSignals(mask=out.mask, token_ids=out.token_ids)
+    with pytest.raises(ContractError, match="at least one hidden state"):
+        TeacherSignals(mask=out.mask, token_ids=out.token_ids)  # no logits, no features
+    with pytest.raises(ContractError, match="not both"):
+        TeacherSignals(mask=out.mask, token_ids=out.token_ids, logits=out.logits,
+                       topk_values=sparse.topk_values, topk_indices=sparse.topk_indices,
+                       vocab_size=5)  # fmt: skip
     with pytest.raises(ContractError, match="vocab_size"):
         TeacherSignals(
             mask=out.mask,

@@ -32,6 +32,7 @@ from distill.engine.optim import build_optimizer, build_scheduler, param_groups
 from distill.engine.utils import (
     answer_token_count,
     flatten_for_tracker,
+    needs_teacher_logits,
     required_hidden,
     token_accuracy,
 )
@@ -107,6 +108,10 @@ class Trainer:
         if self.teacher is not None:
             if hasattr(self.teacher, "hidden"):
                 self.teacher.hidden = tuple(sorted(set(self.teacher.hidden) | set(self.hidden)))
+            if getattr(self.teacher, "logits", None) is True and not needs_teacher_logits(
+                self.loss
+            ):
+                self.teacher.logits = False  # features-only losses: skip the teacher's LLM
             if hasattr(self.teacher, "to_device"):
                 self.teacher.to_device(acc.device)
         named = [(f"student.{n}", p) for n, p in self.student.named_parameters()]

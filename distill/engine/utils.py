@@ -28,6 +28,17 @@ def required_hidden(loss: nn.Module) -> tuple[str, ...]:
     return tuple(sorted(names))
 
 
+def needs_teacher_logits(loss: nn.Module) -> bool:
+    """Whether `loss` reads the teacher's logits.
+
+    A loss module that never does says so with `teacher_logits = False` (CE, CTCAux,
+    FeatureMSE, QFormerContrastive; Compose asks its terms). A module that does not say is
+    assumed to read them. When none does, a live teacher can skip its LLM and compute only
+    the encoder and Q-Former features the losses match.
+    """
+    return bool(getattr(loss, "teacher_logits", True))
+
+
 def answer_token_count(model: nn.Module, batch: AudioBatch) -> int | None:
     """Answer tokens (plus end symbol) the model will score on this batch, if it can tell."""
     counter = getattr(model, "count_answer_tokens", None)

@@ -352,12 +352,17 @@ class AudioLLM(nn.Module):
         return out
 
     # ---------------------------------------------------------------- forward
-    def forward(self, batch: AudioBatch, hidden: Collection[str] = ()) -> ModelOutputs:
+    def forward(
+        self, batch: AudioBatch, hidden: Collection[str] = (), logits: bool = True
+    ) -> ModelOutputs:
         """Teacher-forced pass; logits only on the answer span.
 
         Args:
             batch: the batch (answers are the targets).
             hidden: any of "llm_hidden", "qformer", "speech", "audio" to return as well.
+            logits: False skips the LLM (unless "llm_hidden" is asked for): only the answer
+                tokens and the audio features come back, `logits` is None. A frozen
+                teacher whose losses match features only needs no more.
 
         Returns:
             `ModelOutputs` with logits [b, n, v] (row j predicts token_ids[:, j]), mask,
@@ -367,20 +372,23 @@ class AudioLLM(nn.Module):
         if unknown:
             raise ValueError(f"unknown hidden state(s) {sorted(unknown)}; expected {HIDDEN_FIELDS}")
         inp = self.prepare_inputs(batch, with_answer=True)
-        lm = base_causal_lm(self.llama_model)
-        body = lm.get_decoder()(
-            inputs_embeds=inp["inputs_embeds"],
-            attention_mask=inp["attention_mask"],
-            use_cache=False,
-        ).last_hidden_state  # [b, N, d]
-        pred_pos = (inp["answer_pos"] - 1).clamp(min=0)  # position i predicts token i + 1
-        h = torch.gather(body, 1, pred_pos[..., None].expand(-1, -1, body.shape[-1]))  # [b, n, d]
-        logits = lm.get_output_embeddings()(h)  # [b, n, v]
         mask = inp["answer_mask"]
         audio = inp["audio"]
         extra = {}
-        if "llm_hidden" in hidden:
-            extra["llm_hidden"] = h
+        scores = None
+        if logits or "llm_hidden" in hidden:
+            lm = base_causal_lm(self.llama_model)
+            body = lm.get_decoder()(
+                inputs_embeds=inp["inputs_embeds"],
+                attention_mask=inp["attention_mask"],
+                use_cache=False,
+            ).last_hidden_state  # [b, N, d]
+            pred_pos = (inp["answer_pos"] - 1).clamp(min=0)  # position i predicts token i + 1
+            h = torch.gather(body, 1, pred_pos[..., None].expand(-1, -1, body.shape[-1]))
+            if logits:
+                scores = lm.get_output_embeddings()(h)  # [b, n, v]
+            if "llm_hidden" in hidden:
+                extra["llm_hidden"] = h  # [b, n, d]
         if "qformer" in hidden:
             extra.update(qformer=audio["qformer"], qformer_mask=audio["mask"])
         if "speech" in hidden:
@@ -388,7 +396,7 @@ class AudioLLM(nn.Module):
         if "audio" in hidden and "audio" in audio:
             extra["audio"] = audio["audio"]
         return ModelOutputs(
-            logits=logits,
+            logits=scores,
             mask=mask,
             token_ids=inp["answer_ids"].masked_fill(~mask, 0),
             offsets=inp["offsets"],
