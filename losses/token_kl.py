@@ -37,6 +37,7 @@ measures both memory and time against a naive full-softmax KL.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -50,6 +51,7 @@ from losses._reduce import (
     chunked,
     finish_with_ce,
     masked_mean,
+    require_logits,
     require_tokens,
     upcast,
     xlogy_diff,
@@ -87,6 +89,18 @@ def divergence(
 def _log1mexp(x: Tensor) -> Tensor:
     """log(1 - exp(x)) for x <= 0, clamped so a full top-k gives a tiny tail, not -inf."""
     return torch.log(-torch.expm1(x.clamp(max=-1e-12)))
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What every chunk of `TokenKL._chunk` shares (see `_terms`)."""
+
+    mode: str  # same_dense | same_sparse | shared_dense | shared_sparse | bridge
+    t_dense: Tensor | None  # dense teacher logits [b, m, v_t] picked by t_index (across tokenizers)
+    sv_ids: Tensor | None  # shared_vocab: student ids of the shared strings
+    tv_ids: Tensor | None  # shared_vocab: teacher ids of the same strings
+    lookup: Tensor | None  # shared_vocab: teacher id -> student id (-1 when not shared)
+    teacher_v: int  # the teacher's full vocabulary size
 
 
 class TokenKL(nn.Module):
@@ -161,24 +175,16 @@ class TokenKL(nn.Module):
                 )
 
     # ----------------------------------------------------------------- per-position maths
-    def _chunk(
-        self,
-        s_logits,
-        targets,
-        s_mask,
-        t_a,
-        t_b,
-        t_c,
-        t_index,
-        t_dense,
-        mode,
-        sv_ids,
-        tv_ids,
-        lookup,
-        bridge,
-        teacher_v,
-    ):
-        """Per-position (kd, ce, bridge_ce), each [b, c]; see `_terms` for the argument meaning."""
+    def _chunk(self, s_logits, targets, s_mask, t_a, t_b, t_c, t_index, plan: _Plan, bridge):
+        """Per-position (kd, ce, bridge_ce), each [b, c], of one chunk of positions.
+
+        Sliced to the chunk: the student's logits, targets and mask; the teacher's rows
+        (t_a values or dense logits, t_b top-k ids, t_c log-sum-exp) and, across tokenizers,
+        t_index (the teacher row of each student position). `plan` holds what every chunk
+        shares; `bridge` stays a separate argument so that `chunked` gives it gradients.
+        """
+        mode, t_dense, teacher_v = plan.mode, plan.t_dense, plan.teacher_v
+        sv_ids, tv_ids, lookup = plan.sv_ids, plan.tv_ids, plan.lookup
         T = self.temperature
         x = upcast(s_logits)
         lp_s_full = torch.log_softmax(x / T, dim=-1)
@@ -245,6 +251,7 @@ class TokenKL(nn.Module):
 
     def _terms(self, student: ModelOutputs, teacher: TeacherSignals) -> dict[str, Tensor]:
         """Per-token kd [b, n] (weighted, T^2-scaled), ce [b, n], bridge_ce [b, n], kd_mask [b, n]."""
+        require_logits(teacher, type(self).__name__)
         check_pair(student, teacher, type(self).__name__)
         check_finite("student.logits", student.logits)
         check_finite(
@@ -323,7 +330,10 @@ class TokenKL(nn.Module):
                 self._chunk,
                 (student.logits, student.token_ids, student.mask, t_a, t_b, t_c, t_index),
                 chunk_size=self.chunk_size,
-                fixed=(t_dense, mode, sv_ids, tv_ids, lookup, self.bridge, int(teacher.vocab_size)),
+                fixed=(
+                    _Plan(mode, t_dense, sv_ids, tv_ids, lookup, int(teacher.vocab_size)),
+                    self.bridge,
+                ),  # fmt: skip
             )
         kd = torch.where(kd_mask, kd, kd.new_zeros(())) * (self.kd_weight * self.temperature**2)
         return {

@@ -186,21 +186,3 @@ def _clean(tok, ids: list[int], stop: list[int], end_sym: str) -> str:
             break
     text = tok.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
     return text.split(end_sym)[0].strip()
-
-
-@torch.no_grad()
-def prefill_and_step(model, batch: AudioBatch):
-    """One prefill and one cached decode step (the field's TTFT/TPOT protocol).
-
-    Returns:
-        (prefill logits [b, v] of the last position, next-step logits [b, v]).
-    """
-    inp = model.prepare_inputs(batch, with_answer=False)
-    att = inp["attention_mask"]
-    out = model.llama_model(inputs_embeds=inp["inputs_embeds"], attention_mask=att, use_cache=True)
-    nxt = out.logits[:, -1].argmax(-1, keepdim=True)  # [b, 1]
-    att = torch.cat([att, att.new_ones(att.shape[0], 1)], dim=1)
-    step = model.llama_model(
-        input_ids=nxt, past_key_values=out.past_key_values, attention_mask=att, use_cache=True
-    )
-    return out.logits[:, -1], step.logits[:, -1]

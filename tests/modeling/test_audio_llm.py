@@ -120,23 +120,56 @@ def test_bad_lora_target_is_named(tokenizer_dirs):
         build_tiny("student", tokenizer_dirs["bpe"], lora_targets=("qkv_proj",))
 
 
-def test_generate_greedy_and_beam(teacher, batch):
+def _greedy_reference(model, batch, steps: int) -> list[str]:
+    """Greedy decoding by hand: prefill, then cached steps; min length 1 (an end id at the
+    first step gives way to the best other token); cut at the first stop id."""
+    from distill.eval.efficiency import decode_step, prefill
+
+    stop = set(model.stop_ids)
+    with torch.no_grad():
+        out, mask = prefill(model, batch)
+        rows = []
+        for i in range(steps):
+            logits = out.logits[:, -1].clone()
+            if i == 0:
+                logits[:, sorted(stop)] = -float("inf")
+            tok = logits.argmax(-1, keepdim=True)
+            rows.append(tok)
+            out, mask = decode_step(model, tok, out.past_key_values, mask)
+    texts = []
+    for ids in torch.cat(rows, dim=1).tolist():
+        cut = next((i for i, t in enumerate(ids) if t in stop), len(ids))
+        text = model.tokenizer.decode(ids[:cut], skip_special_tokens=True)
+        texts.append(text.split(model.config.end_sym)[0].strip())
+    return texts
+
+
+def test_generate_greedy_matches_a_hand_decoded_reference(teacher, batch):
+    teacher.train()
     greedy = teacher.generate(batch, max_new_tokens=6)
-    beam = teacher.generate(batch, num_beams=3, max_new_tokens=6)
-    for texts in (greedy, beam):
-        assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
-        assert all("</s>" not in t and t == t.strip() for t in texts)
     assert teacher.training  # generate restores the mode it found
+    teacher.eval()
+    assert greedy == [_greedy_reference(teacher, batch.select([i]), 6)[0] for i in range(2)]
+    # one beam is greedy; wider beams return one stripped text per item, without end symbols
+    assert teacher.generate(batch, num_beams=1, max_new_tokens=6) == greedy
+    beam = teacher.generate(batch, num_beams=3, max_new_tokens=6)
+    assert len(beam) == 2 and all(t == t.strip() and "</s>" not in t for t in beam)
 
 
 def test_prepare_inputs_left_pads_prompts(student):
+    student.eval()  # no dropout: the same item gives the same embeddings in any batch
     b = make_batch()
     b.prompts[1] = "Please describe the audio."
     inp = student.prepare_inputs(b)
-    att = inp["attention_mask"]
-    assert att[:, -1].tolist() == [1, 1]
-    assert att.sum(1).tolist()[0] != att.sum(1).tolist()[1]
-    assert att[1, 0] == 0 or att[0, 0] == 0
+    att, emb = inp["attention_mask"], inp["inputs_embeds"]
+    width = att.shape[1]
+    for i in range(2):
+        alone = student.prepare_inputs(b.select([i]))
+        n = alone["attention_mask"].shape[1]  # this item's own length, unpadded
+        assert alone["attention_mask"].tolist() == [[1] * n]
+        assert att[i].tolist() == [0] * (width - n) + [1] * n  # left padding only
+        torch.testing.assert_close(emb[i, width - n :], alone["inputs_embeds"][0])
+    assert att.sum(1).tolist()[0] != att.sum(1).tolist()[1]  # the prompts differ in length
 
 
 def test_truncates_long_answers_with_a_warning(tokenizer_dirs, caplog):
@@ -212,15 +245,19 @@ def test_empty_answers_still_give_the_end_symbol(teacher):
 
 
 def test_prefill_and_decode_step_agree_with_generate(teacher, batch):
-    from distill.modeling.generation import prefill_and_step
+    """The efficiency protocol's prefill + one cached step are HF generate's first 2 tokens."""
+    from distill.eval.efficiency import decode_step, prefill
 
     teacher.eval()
-    first, _ = prefill_and_step(teacher, batch.select([0]))
-    inp = teacher.prepare_inputs(batch.select([0]))
-    out = teacher.llama_model.generate(
-        inputs_embeds=inp["inputs_embeds"],
-        attention_mask=inp["attention_mask"],
-        max_new_tokens=1,
-        do_sample=False,
-    )
-    assert out[0, -1] == first.argmax(-1)[0]
+    one = batch.select([0])
+    with torch.no_grad():
+        out, mask = prefill(teacher, one)
+        first = out.logits[:, -1].argmax(-1, keepdim=True)
+        step, mask2 = decode_step(teacher, first, out.past_key_values, mask)
+        inp = teacher.prepare_inputs(one)
+        ref = teacher.llama_model.generate(
+            inputs_embeds=inp["inputs_embeds"], attention_mask=inp["attention_mask"],
+            max_new_tokens=2, min_new_tokens=2, do_sample=False,
+        )  # fmt: skip
+    assert mask2.shape[1] == mask.shape[1] + 1
+    assert ref[0, -2:].tolist() == [first[0, 0].item(), step.logits[0, -1].argmax().item()]
