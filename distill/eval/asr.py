@@ -62,11 +62,22 @@ def _is_punctuation_token(token: str) -> bool:
     return all(unicodedata.category(c).startswith("P") for c in token)
 
 
+# rewrites the `whisper-normalizer` package adds to OpenAI Whisper's English normalizer, which
+# the field's evaluator (NOTA's audiolm-evaluator) copies without them: "kinda" -> "kind of",
+# "sorta" -> "sort of", "dunno" -> "do not know", "cause" -> "because". Dropped here so that
+# WER is the evaluator's.
+NOT_IN_EVALUATOR = (r"\bkinda\b", r"\bsorta\b", r"\bdunno\b", r"\bcause\b")
+
+
 @lru_cache(maxsize=1)
 def _normalizer():
     from whisper_normalizer.english import EnglishTextNormalizer
 
-    return EnglishTextNormalizer()
+    normalizer = EnglishTextNormalizer()
+    normalizer.replacers = {
+        k: v for k, v in normalizer.replacers.items() if k not in NOT_IN_EVALUATOR
+    }
+    return normalizer
 
 
 def normalize_for_wer(text: str) -> list[str]:

@@ -48,6 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runs", type=int, default=100, help="efficiency timed runs")
     parser.add_argument("--decode-tokens", type=int, default=32, help="strict TPOT steps")
     parser.add_argument("--clip-seconds", type=float, default=10.0, help="efficiency clip length")
+    parser.add_argument("--keep-case", action="store_true",
+                        help="predictions.csv keeps the model's case (default: lowercased, "
+                        "as NOTA's evaluator scores)")  # fmt: skip
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -173,6 +176,7 @@ def run(args: argparse.Namespace) -> int:
         args.out, model=model, name=name, role=args.role, result=result,
         efficiency=efficiency, model_dir=model_dir,
         extra={"random_init": random_notes, "test_file": args.data},
+        lowercase_submission=not args.keep_case,
     )  # fmt: skip
     print(summary_line(metrics))
     return 0

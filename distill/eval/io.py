@@ -6,7 +6,8 @@ with references (`"text"`, or `"references"`: several captions per clip). It is 
 `distill.data.annotations.read_annotations`, the same reader as training annotations.
 
 Submission (the field's format): a CSV with exactly the columns `testset_id,text`, written with
-the csv module so commas, quotes and newlines inside `text` round-trip.
+the csv module so commas, quotes and newlines inside `text` round-trip. Texts are lowercased
+by default, as NOTA's evaluator does before scoring (`lowercase=False` keeps the case).
 """
 
 from __future__ import annotations
@@ -42,15 +43,20 @@ def read_test_items(path: str | Path) -> list[Item]:
     return read_annotations(path)
 
 
-def write_submission(path: str | Path, predictions: Iterable[tuple[str, str]]) -> Path:
-    """Write `(testset_id, text)` pairs as the field's submission CSV (`testset_id,text`)."""
+def write_submission(
+    path: str | Path, predictions: Iterable[tuple[str, str]], *, lowercase: bool = True
+) -> Path:
+    """Write `(testset_id, text)` pairs as the field's submission CSV (`testset_id,text`).
+
+    `lowercase` (default, as the field's evaluator does) writes each text lowercased.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f, quoting=csv.QUOTE_MINIMAL)
         writer.writerow(SUBMISSION_COLUMNS)
         for tid, text in predictions:
-            writer.writerow([tid, text])
+            writer.writerow([tid, text.lower() if lowercase else text])
     return path
 
 

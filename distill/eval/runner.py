@@ -276,8 +276,12 @@ def write_outputs(
     efficiency: Mapping[str, dict] | None = None,
     model_dir: str | os.PathLike | None = None,
     extra: Mapping | None = None,
+    lowercase_submission: bool = True,
 ) -> dict:
     """Write OUT_DIR/metrics.json (+ predictions.csv and predictions.jsonl when `result`).
+
+    predictions.csv is lowercased unless `lowercase_submission` is False (the evaluator
+    lowercases); predictions.jsonl keeps the model's exact texts.
 
     Returns:
         The metrics dict that was written.
@@ -312,6 +316,10 @@ def write_outputs(
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
     if result is not None:
         preds = result["predictions"]
-        write_submission(out / "predictions.csv", ((p["testset_id"], p["text"]) for p in preds))
+        write_submission(
+            out / "predictions.csv",
+            ((p["testset_id"], p["text"]) for p in preds),
+            lowercase=lowercase_submission,
+        )
         write_jsonl(out / "predictions.jsonl", preds)
     return metrics

@@ -71,6 +71,13 @@ def test_submission_round_trip_with_awkward_text(tmp_path):
     assert submission_problems(rows) == ["empty text (read as NaN by pandas) for ids: ['test0004']"]
 
 
+def test_submission_is_lowercased_as_the_evaluator_scores(tmp_path):
+    rows = [("test0000", "A Dog BARKS."), ("test0001", "Über Café")]
+    lower = read_submission(write_submission(tmp_path / "a.csv", rows))
+    assert lower == [("test0000", "a dog barks."), ("test0001", "über café")]
+    assert read_submission(write_submission(tmp_path / "b.csv", rows, lowercase=False)) == rows
+
+
 def test_submission_header_must_be_exact(tmp_path):
     path = tmp_path / "x.csv"
     path.write_text("id,text\ntest0000,hi\n")
