@@ -33,6 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("distill.report", "write the student-versus-teacher report for run dirs"),
     "inspect": ("distill.inspect", "parameter counts, memory and checkpoint keys of a preset"),
     "bench": ("distill.bench", "benchmarks that print side-by-side ratios"),
+    "export": ("distill.export", "write a trained model as a SALMONN checkpoint or HF dirs"),
 }
 
 # Bad input rather than a bug: one line, status 2.
