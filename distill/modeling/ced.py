@@ -59,6 +59,9 @@ class CEDConfig:
     f_max: int = 8000
     center: bool = True
     pad_last: bool = True  # zero-pad the last chunk (else drop it)
+    # one clip without padding runs as the original does: attention also sees the zero-padded
+    # tail of its last chunk, and every token is returned. False masks it as in a batch
+    single_clip_as_original: bool = True
     top_db: float = 120.0
     drop_rate: float = 0.0
     attn_drop_rate: float = 0.0
@@ -279,8 +282,11 @@ class CED(nn.Module):
 
         Returns:
             features [b, (n t f), d] and the token mask [b, (n t f)] (True = padding), or None
-            when `padding_mask` is None. With a mask, padded tokens are also hidden from
-            attention, so padding a batch item leaves its valid tokens unchanged.
+            when `padding_mask` is None. With a mask (the batched mode), padded tokens are
+            also hidden from attention, so padding a batch item leaves its valid tokens
+            unchanged. A single clip with no padding samples whose last chunk is zero-padded
+            runs unmasked, as the original CED does (`single_clip_as_original`), and
+            returns None for the mask: its outputs then match the original's, tail included.
         """
         spec = self.spectrogram(waveforms)  # [b, c, m]
         spec = self.init_bn[1](spec.unsqueeze(2).to(self.init_bn[1].weight.dtype)).squeeze(2)
@@ -289,6 +295,14 @@ class CED(nn.Module):
             raise ValueError(
                 f"CED needs at least {self.cfg.patch_stride} frames, got {spec.shape[-1]}"
             )
+        if (
+            padding_mask is not None
+            and self.cfg.single_clip_as_original
+            and waveforms.shape[0] == 1
+            and n * length > spec.shape[-1]
+            and not bool(padding_mask.any())
+        ):
+            padding_mask = None  # the original's computation at batch size 1
         spec = F.pad(spec, (0, max(n * length - spec.shape[-1], 0)))[..., : n * length]
         chunks = rearrange(spec, "b c (n m) -> (b n) 1 c m", n=n)
         pad = key_pad = None
@@ -337,6 +351,34 @@ def infer_ced_config(state: Mapping[str, Tensor]) -> CEDConfig:
     return CEDConfig(embed_dim=d, depth=depth, num_heads=heads, outputdim=out)
 
 
+def fit_position_tables(state: dict[str, Tensor], model: CED, where: str = "CED") -> None:
+    """Resize a checkpoint's positional tables to `model`'s, in place, as the original does.
+
+    A longer table (e.g. trained on 3001 frames: 187 time positions, for a model built with
+    target_length 1012: 63) keeps its first positions; a shorter one is interpolated
+    (bilinear, align_corners=False). The frequency table is treated the same way.
+    """
+    import logging
+
+    for key, dim in (("time_pos_embed", -1), ("freq_pos_embed", -2)):
+        if key not in state:
+            continue
+        table, want = state[key], getattr(model, key).shape[dim]
+        have = table.shape[dim]
+        if have == want:
+            continue
+        if have > want:
+            state[key] = table[..., :want] if dim == -1 else table[:, :, :want, :]
+        else:
+            size = (1, want) if dim == -1 else (want, 1)
+            state[key] = F.interpolate(table.float(), size=size, mode="bilinear",
+                                       align_corners=False).to(table.dtype)  # fmt: skip
+        logging.getLogger(__name__).warning(
+            "%s: %s has %d positions, the model %d: %s", where, key, have, want,
+            "kept the first" if have > want else "interpolated",
+        )  # fmt: skip
+
+
 def load_ced(
     path: str, cfg: CEDConfig | None = None, *, device: torch.device | str | None = None
 ) -> CED:
@@ -357,6 +399,7 @@ def load_ced(
         raise CheckpointError(f"{path} is not a CED state dict (expected a mapping of tensors)")
     state = convert_ced_state_dict(raw)
     model = CED(cfg if cfg is not None else infer_ced_config(state))
+    fit_position_tables(state, model, str(path))
     for key, value in model.state_dict().items():  # front-end buffers: absent in the HF layout
         if key.startswith("front_end.") and key not in state:
             state[key] = value

@@ -131,7 +131,7 @@ def test_token_counts():
 
 @pytest.mark.parametrize(("short", "long"), [(37_000, 48_000), (190_000, 240_000)])
 def test_padding_a_batch_item_keeps_its_valid_features(short, long):
-    model = _tiny(seed=6)
+    model = _tiny(seed=6, single_clip_as_original=False)  # the batched (masked) mode alone too
     x = _noise(2, long)
     x[0, short:] = 0.0
     mask = torch.arange(long)[None, :] >= torch.tensor([[short], [long]])
@@ -150,6 +150,62 @@ def test_padding_a_batch_item_keeps_its_valid_features(short, long):
     patches = sum(min(63, max(0, (clean - 1012 * k) // 16)) for k in range(n // (63 * 4) or 1))
     assert valid.sum() == 4 * min(patches, n // 4)
     torch.testing.assert_close(batched[0, :n][valid], alone[0][valid], rtol=1e-4, atol=1e-4)
+
+
+def _original_tokens(model: CED, wave: torch.Tensor) -> torch.Tensor:
+    """The original CED at batch 1, by hand: split the normalised spectrogram into chunks of
+    target_length frames, zero-pad the last, run the blocks unmasked, concatenate time-major."""
+    spec = model.spectrogram(wave)  # [1, c, m]
+    spec = model.init_bn[1](spec.unsqueeze(2)).squeeze(2)
+    target = model.cfg.target_length
+    splits = list(spec.split(target, dim=-1))
+    if spec.shape[-1] > target and splits[-1].shape[-1] < target:
+        splits[-1] = torch.nn.functional.pad(splits[-1], (0, target - splits[-1].shape[-1]))
+    outs = [
+        freq_to_time_major(model.forward_features(c.unsqueeze(1)), model.n_freq) for c in splits
+    ]
+    return torch.cat(outs, dim=1)
+
+
+@pytest.mark.parametrize("samples", [24_000, 190_000, 330_000])  # 1, 2 and 3 chunks
+def test_single_clip_matches_the_original_chunked_unmasked_computation(samples):
+    model = _tiny(seed=7)
+    x = _noise(1, samples, seed=3)
+    no_padding = torch.zeros(1, samples, dtype=torch.bool)
+    with torch.no_grad():
+        want = _original_tokens(model, x)
+        got, pad = model.extract_features(x, no_padding)
+        masked, masked_pad = _tiny(seed=7, single_clip_as_original=False).extract_features(
+            x, no_padding
+        )
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    if samples > 161_600:  # a zero-padded last chunk: the batched mode hides its tail
+        assert pad is None and masked_pad.any()
+        assert not torch.allclose(masked, want, atol=1e-3)
+    else:  # one chunk, nothing padded: both modes are the original
+        torch.testing.assert_close(masked, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("frames", [3001, 512])  # a longer table (sliced), a shorter (resized)
+def test_checkpoint_with_another_position_table_loads_and_runs(tmp_path, frames, caplog):
+    src = _tiny(seed=8, target_length=frames)
+    torch.save(src.state_dict(), tmp_path / "ced.pt")
+    model = _tiny(seed=9)  # target_length 1012: 63 time positions
+    with caplog.at_level("WARNING"):
+        loaded = load_ced(str(tmp_path / "ced.pt"), model.cfg).eval()
+    assert "time_pos_embed" in caplog.text
+    table, theirs = loaded.time_pos_embed, src.time_pos_embed
+    assert table.shape[-1] == 1012 // 16 and theirs.shape[-1] == frames // 16
+    if frames > 1012:
+        assert torch.equal(table, theirs[..., :63])  # the first positions, as the original
+    else:
+        want = torch.nn.functional.interpolate(theirs, size=(1, 63), mode="bilinear")
+        torch.testing.assert_close(table, want)
+    assert torch.equal(loaded.blocks[0].attn.qkv.weight, src.blocks[0].attn.qkv.weight)
+    with torch.no_grad():
+        out, _ = loaded.extract_features(_noise(1, 200_000))
+    assert torch.isfinite(out).all()
 
 
 def test_front_end_matches_torchaudio_at_batch_size_one():
