@@ -44,6 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="field default 8")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
+    parser.add_argument("--precision", choices=["fp32", "bf16", "fp16", "salmonn"],
+                        help="per-part dtypes (salmonn: fp32 encoders and bridge, fp16/bf16 "
+                        "LLM); overrides --dtype for --model")  # fmt: skip
     parser.add_argument("--warmup", type=int, default=10, help="efficiency warm-up runs")
     parser.add_argument("--runs", type=int, default=100, help="efficiency timed runs")
     parser.add_argument("--decode-tokens", type=int, default=32, help="strict TPOT steps")
@@ -153,10 +156,17 @@ def run(args: argparse.Namespace) -> int:
         name, model_dir = args.name or args.random_init, None
     else:
         from distill.modeling.audio_llm import AudioLLM
+        from distill.modeling.precision import FROM_DTYPE, apply_precision
 
-        model = AudioLLM.from_pretrained(args.model, device=device)
-        if args.dtype != "auto":
-            model = model.to(dtype=resolve_dtype(args.dtype, device))
+        # load, then cast, then move: the device never holds an fp32 copy beside the cast one
+        model = AudioLLM.from_pretrained(args.model)
+        precision = args.precision
+        if precision is None and args.dtype != "auto":
+            precision = FROM_DTYPE[str(resolve_dtype(args.dtype, device)).removeprefix("torch.")]
+        if precision is not None:
+            apply_precision(model, precision, device)
+            model.config.precision = precision
+        model = model.to(device)
         name, model_dir = args.name or Path(args.model).resolve().name, args.model
     efficiency = run_protocols(
         model, protocols, warmup=args.warmup, runs=args.runs, decode_tokens=args.decode_tokens,

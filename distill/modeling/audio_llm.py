@@ -28,7 +28,7 @@ from distill.contracts import HIDDEN_FIELDS, AudioBatch, ModelOutputs, Tokenizer
 from distill.modeling import prompt as P
 from distill.modeling.config import AudioLLMConfig
 from distill.modeling.feature_cache import FrozenFeatureCache, stack_padded
-from distill.modeling.llm import add_lora, base_causal_lm, build_llm, llm_hidden_size, torch_dtype
+from distill.modeling.llm import add_lora, base_causal_lm, build_llm, llm_hidden_size
 from distill.modeling.qformer import (
     WindowQFormer,
     count_windows,
@@ -70,7 +70,9 @@ class AudioLLM(nn.Module):
                     raise
         with torch.device("meta") if meta else contextlib.nullcontext():
             self._build(load_weights=not meta)
-        self.to(torch_dtype(config.dtype))
+        from distill.modeling.precision import apply_precision
+
+        apply_precision(self, self.precision, device)
         self._freeze()
         if device is not None and not meta:
             self.to(device)
@@ -145,7 +147,14 @@ class AudioLLM(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
+        """The front ends' and bridge's dtype (the LLM's may differ: `precision`)."""
         return self.speech_query_tokens.dtype
+
+    @property
+    def precision(self) -> str:
+        from distill.modeling.precision import FROM_DTYPE
+
+        return self.config.precision or FROM_DTYPE[self.config.dtype]
 
     @cached_property
     def tokenizer_info(self) -> TokenizerInfo:
@@ -250,14 +259,12 @@ class AudioLLM(nn.Module):
         pad = torch.arange(wav.shape[1], device=wav.device)[None, :] >= lengths[:, None]
         cache = self.feature_cache if self.config.freeze_audio_encoder else None
         if cache is None:
-            return self.beats.extract_features(wav.to(self.dtype), pad)
+            return self.beats.extract_features(wav.float(), pad)  # features computed in fp32
 
         def compute(index: list[int]) -> list[Tensor]:
             sel = torch.as_tensor(index, device=wav.device)
             s = int(lengths[sel].max())
-            feats, token_pad = self.beats.extract_features(
-                wav[sel, :s].to(self.dtype), pad[sel, :s]
-            )
+            feats, token_pad = self.beats.extract_features(wav[sel, :s].float(), pad[sel, :s])
             if token_pad is None:
                 return list(feats)
             return [f[: int((~p).sum())] for f, p in zip(feats, token_pad)]

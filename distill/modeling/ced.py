@@ -249,6 +249,16 @@ class CED(nn.Module):
         # equals the original at batch size 1 and keeps items independent of each other.
         return torch.maximum(db, db.amax(dim=(-2, -1), keepdim=True) - self.cfg.top_db)
 
+    def _normalise(self, spec: Tensor) -> Tensor:
+        """The input BatchNorm over mels, in float32 whatever the weights' dtype."""
+        bn = self.init_bn[1]
+        if self.training and bn.training:  # training statistics: the module itself
+            return bn(spec.unsqueeze(2).to(bn.weight.dtype)).squeeze(2).float()
+        return F.batch_norm(
+            spec.float().unsqueeze(2), bn.running_mean.float(), bn.running_var.float(),
+            bn.weight.float(), bn.bias.float(), False, 0.0, bn.eps,
+        ).squeeze(2)  # fmt: skip
+
     def forward_features(self, spec: Tensor, key_pad: Tensor | None = None) -> Tensor:
         """Blocks on normalised chunks [b, 1, c, m] -> [b, (f t), d], the original token order."""
         x = self.patch_embed.proj(spec.to(self.patch_embed.proj.weight.dtype))  # [b, d, f, t]
@@ -289,7 +299,7 @@ class CED(nn.Module):
             returns None for the mask: its outputs then match the original's, tail included.
         """
         spec = self.spectrogram(waveforms)  # [b, c, m]
-        spec = self.init_bn[1](spec.unsqueeze(2).to(self.init_bn[1].weight.dtype)).squeeze(2)
+        spec = self._normalise(spec)
         n, length = self._chunk_layout(spec.shape[-1])
         if length < self.cfg.patch_stride:
             raise ValueError(

@@ -84,13 +84,23 @@ class AudioLLMConfig:
     prompt_template: str = "USER: {}\nASSISTANT:"
     end_sym: str = "</s>"  # Vicuna "</s>", Llama-3.2 "<|end_of_text|>", Qwen "<|im_end|>"
     max_txt_len: int = 300  # answer tokens (with end_sym) kept; longer answers are truncated
-    dtype: str = "float32"
+    dtype: str = "float32"  # one dtype for everything (when `precision` is None)
+    # fp32 | bf16 | fp16 | salmonn (front ends and bridge fp32, LLM fp16/bf16): see
+    # distill.modeling.precision; None follows `dtype`
+    precision: str | None = None
     trust_remote_code: bool = False  # only for LLM repos that need their own modelling code
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes (e.g. provenance)
 
     def __post_init__(self) -> None:
         self.lora_targets = tuple(self.lora_targets)
         _require(self.dtype in _DTYPES, "dtype", f"must be one of {_DTYPES}, got {self.dtype!r}")
+        from distill.modeling.precision import PRECISIONS
+
+        _require(
+            self.precision is None or self.precision in PRECISIONS,
+            "precision",
+            f"must be one of {PRECISIONS} or None, got {self.precision!r}",
+        )
         _require(
             self.audio_encoder in _AUDIO_ENCODERS,
             "audio_encoder",
