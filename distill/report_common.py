@@ -62,12 +62,21 @@ def provenance(run: Any) -> dict[str, str]:
         else "n/a",
         "data": json.dumps(data, default=str) if data else "n/a",
         "test file": str(m.get("test_file", "n/a")),
+        "precision": _precision(model),
         "decoding": json.dumps(m.get("decoding")) if m.get("decoding") else "n/a",
         "hardware": json.dumps(m.get("hardware")) if m.get("hardware") else "n/a",
         "versions": json.dumps(m.get("versions")) if m.get("versions") else "n/a",
         "train log": f"{len(run.train_log)} entries" if run.train_log else "none",
     }
     return out
+
+
+def _precision(model: dict) -> str:
+    """The run's precision setting and the dtype its weights were measured in."""
+    cfg = model.get("config") or {}
+    setting = cfg.get("precision") or {"float32": "fp32", "bfloat16": "bf16",
+                                       "float16": "fp16"}.get(cfg.get("dtype"), "n/a")  # fmt: skip
+    return f"{setting} (weights measured in {model.get('dtype', 'n/a')})"
 
 
 def loss_terms(log: list[dict]) -> list[str]:

@@ -31,11 +31,17 @@ def test_salmonn_export_loads_back_through_salmonn_loader(trained, tokenizer_dir
     raw = read_salmonn_state(tmp_path / "s" / "checkpoint.pth")
     assert not any(".default." in k for k in raw)  # SALMONN's spelling
     assert set(raw) == {salmonn_key(k) for k in trained.trainable_state_dict()}
-    fresh = build_tiny("teacher", tokenizer_dirs["unigram"], seed=1)
+    # the same frozen bases (SALMONN loads them from whisper_path / llama_path), fresh bridge
+    fresh = build_tiny("teacher", tokenizer_dirs["unigram"], seed=0).eval()
+    batch = make_batch()
+    with torch.no_grad():
+        assert not torch.allclose(fresh(batch).logits, trained(batch).logits)
     report = load_salmonn_checkpoint(fresh, tmp_path / "s" / "checkpoint.pth")
     assert report.ignored == [] and report.not_in_checkpoint == []
     for k, v in trained.trainable_state_dict().items():
         assert torch.equal(fresh.state_dict()[k], v), k
+    with torch.no_grad():  # every key came back: the same logits
+        torch.testing.assert_close(fresh(batch).logits, trained(batch).logits, rtol=0, atol=0)
     doc = yaml.safe_load((tmp_path / "s" / "decode.yaml").read_text())
     assert doc["generate"]["num_beams"] == 4 and doc["generate"]["max_new_tokens"] == 200
     assert doc["model"]["ckpt"].endswith("checkpoint.pth")
