@@ -5,6 +5,10 @@ Prints, from one run on the same data and models:
     kd_live / (teacher + ce) live-teacher KD step over teacher forward + CE step (goal <= 1.05)
     loader / demand         data-loader batches per second over training steps per second
                             (goal >= 3: the GPU/CPU step, not audio decoding, is the bottleneck)
+    host syncs per step     value-reading calls (`item`, `float(t)`, `tolist`, ...) in one
+                            optimizer step, CE-only and KD-from-cache (goal 0; see
+                            `distill.engine.syncs`); today's engine builds its log record
+                            every step, so this counts what logging-time fetching would remove
 
 Defaults use the tiny presets on a small synthetic corpus (offline, CPU, about a minute);
 `--student`/`--teacher` take any preset names. Times are medians over `--steps` steps
@@ -31,6 +35,16 @@ def _median_time(fn, warmup: int, steps: int) -> float:
         fn()
         times.append(time.perf_counter() - t)
     return statistics.median(times)
+
+
+def _syncs_per_step(trainer, batch_size: int):
+    """Host syncs of one more optimizer step of `trainer` (a fresh batch, after warm-up)."""
+    from distill.engine.syncs import count_host_syncs
+
+    batch = trainer.stream.next(20_000)
+    with count_host_syncs() as counter:
+        trainer.train_step([batch])
+    return counter
 
 
 def _recipe(work: Path, corpus: dict, args, loss: dict, teacher: dict | None):
@@ -107,7 +121,9 @@ def main(argv: list[str] | None = None) -> int:
         ), trainer
 
     t_ce, trainer = step_time(ce, None)
-    t_cache, _ = step_time(kd, cached_node)
+    t_cache, cached = step_time(kd, cached_node)
+    syncs = {name: _syncs_per_step(t, args.batch_size) for name, t in
+             (("CE", trainer), ("KD-cache", cached))}  # fmt: skip
     t_live, live = step_time(kd, live_node)
     batches = [live.stream.next(i) for i in range(args.warmup + args.steps)]
     it = iter(batches)
@@ -127,6 +143,14 @@ def main(argv: list[str] | None = None) -> int:
         ("teacher forward alone", f"{t_teacher * 1e3:.1f} ms", ""),
         ("kd_cache / ce", f"{t_cache / t_ce:.3f}", "goal <= 1.15"),
         ("kd_live / (teacher + ce)", f"{t_live / (t_teacher + t_ce):.3f}", "goal <= 1.05"),
+        *[
+            (
+                f"host syncs per step, {name}",
+                f"{n.total}",
+                "goal 0; " + ", ".join(f"{k} {v}" for k, v in sorted(n.by_kind.items())),
+            )
+            for name, n in syncs.items()
+        ],  # fmt: skip
         (
             "loader / demand",
             f"{loader_rate / demand:.2f}",
