@@ -51,15 +51,27 @@ def _varies(ys: list) -> bool:
 
 
 def curve_terms(runs) -> list[str]:
-    """Loss terms worth a panel: the total first, the lr last, and no series that is constant
-    in every run (fixed `*/weight`s, a constant lr)."""
+    """Loss terms worth a panel: the total first, the lr last, no series that is constant in
+    every run (fixed `*/weight`s, a constant lr), and no `X/loss` that repeats, in every run,
+    another series of X (a one-term loss logs its term twice: `ctc/ctc` and `ctc/loss`)."""
     from distill.report_common import loss_terms
 
     terms: dict[str, None] = {}
     for r in runs:
         terms.update(dict.fromkeys(loss_terms(r.train_log)))
     kept = [t for t in terms if any(_varies(_series(r, t)[1]) for r in runs)]
+    kept = [t for t in kept if not _repeats_a_sibling(t, kept, runs)]
     return sorted(kept, key=lambda t: (t != "loss", t == "lr"))
+
+
+def _repeats_a_sibling(term: str, terms: list[str], runs) -> bool:
+    if not term.endswith("/loss"):
+        return False
+    prefix = term[: -len("loss")]
+    siblings = [
+        t for t in terms if t.startswith(prefix) and t != term and "/" not in t[len(prefix) :]
+    ]
+    return any(all(_series(r, t) == _series(r, term) for r in runs) for t in siblings)
 
 
 def plot_training_curves(runs, out: Path) -> Path | None:

@@ -229,6 +229,20 @@ def test_training_curves_skip_constant_series(tmp_path):
              "lr": 1e-4, "grad_norm": 1.0 + s % 3} for s in range(10)]  # fmt: skip
     (run / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert curve_terms([load_run(run)]) == ["loss", "kl/loss", "grad_norm"]
+    # a one-term loss logs its term twice (ctc/ctc == ctc/loss): one panel; a composed
+    # term whose total differs from its parts keeps both
+    for r in rows:
+        r.update({"ctc/ctc": r["kl/loss"] / 2, "ctc/loss": r["kl/loss"] / 2,
+                  "mix/a": r["loss"], "mix/loss": r["loss"] + r["grad_norm"]})  # fmt: skip
+    (run / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert curve_terms([load_run(run)]) == [
+        "loss",
+        "kl/loss",
+        "grad_norm",
+        "ctc/ctc",
+        "mix/a",
+        "mix/loss",
+    ]
 
 
 def test_teacher_found_by_role_and_cli(tmp_path, three_runs):
