@@ -3,9 +3,9 @@
     distill export runs/ddat --format salmonn --out export/salmonn
     distill export runs/ddat --format hf --out export/hf
 
-- `salmonn`: `checkpoint.pth` = `{"model": state}` with SALMONN's key names (the inverse of
-  `distill.modeling.salmonn.load_salmonn_checkpoint`: trainable weights and buffers, peft's
-  `default` adapter name dropped) and `decode.yaml` with a SALMONN `model:` block (paths,
+- `salmonn`: `checkpoint.pth` = `{"model": state}` with SALMONN's key names
+  (`distill.modeling.salmonn.save_salmonn_checkpoint`, the inverse of its loader: trainable
+  weights and buffers, peft's `default` adapter name dropped) and `decode.yaml` with a SALMONN `model:` block (paths,
   LoRA, windows, prompt template, `ckpt`) and SALMONN's `generate:` settings, the file
   NOTA's evaluator reads. What SALMONN's YAML cannot say (a Q-Former that is not BERT-base,
   a CED audio encoder) is listed in `export.json` and printed.
@@ -24,8 +24,6 @@ import copy
 import json
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from distill.errors import DistillError
 
@@ -46,27 +44,18 @@ def model_dir_of(run: str | Path) -> Path:
     raise ExportError(f"{run}: no model found (expected {run / 'model' / 'config.json'})")
 
 
-def salmonn_key(key: str) -> str:
-    """Ours -> SALMONN's spelling: peft's named adapter `lora_A.default.weight` -> `lora_A.weight`."""
-    return key.replace(".lora_A.default.weight", ".lora_A.weight").replace(
-        ".lora_B.default.weight", ".lora_B.weight"
-    )
-
-
 def export_salmonn(model, out: str | Path) -> dict[str, Any]:
     """Write checkpoint.pth, decode.yaml and export.json for `model` (an AudioLLM)."""
     import yaml
 
     from distill.modeling.generation import DECODE_PRESETS
+    from distill.modeling.salmonn import save_salmonn_checkpoint
 
     cfg = model.config
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    state = {
-        salmonn_key(k): v.detach().cpu().clone() for k, v in model.trainable_state_dict().items()
-    }
     ckpt = out / "checkpoint.pth"
-    torch.save({"model": state}, ckpt)
+    state = save_salmonn_checkpoint(model, ckpt)
     caveats = [
         f"{k}={getattr(cfg, k)} (SALMONN's Q-Former is BERT-base: {v})"
         for k, v in SALMONN_QFORMER.items()
@@ -181,4 +170,4 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["ExportError", "export_hf", "export_salmonn", "load_hf_export", "salmonn_key"]
+__all__ = ["ExportError", "export_hf", "export_salmonn", "load_hf_export"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 from torch import nn
@@ -75,14 +75,7 @@ class FilterStats:
     by_task: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {
-            "items": self.items,
-            "kept": self.kept,
-            "dropped_empty": self.dropped_empty,
-            "dropped_wer": self.dropped_wer,
-            "dropped_logprob": self.dropped_logprob,
-            "by_task": self.by_task,
-        }
+        return asdict(self)
 
 
 def filter_pseudo_labels(
@@ -110,11 +103,10 @@ def filter_pseudo_labels(
         (kept items with `text` = the answer, `references` = (answer,) and
         `extra["label"] = "teacher"`, stats).
     """
-    from distill.eval.asr import normalize_for_wer
-
     if min_logprob is not None and logprobs is None:
         raise ValueError("min_logprob is set but no logprobs were given (see answer_logprobs)")
     labels = labels or {}
+    wers = _item_wers(items, answers, labels)
     stats = FilterStats(items=len(items))
     kept: list[Item] = []
     for it in items:
@@ -124,8 +116,8 @@ def filter_pseudo_labels(
         if not text:
             stats.dropped_empty += 1
             continue
-        if it.id in labels and it.task == "asr":
-            if _wer(normalize_for_wer(labels[it.id]), normalize_for_wer(text)) > max_wer:
+        if it.id in wers:
+            if wers[it.id] > max_wer:
                 stats.dropped_wer += 1
                 continue
         elif min_logprob is not None and logprobs[it.id] < min_logprob:
@@ -139,16 +131,26 @@ def filter_pseudo_labels(
     return kept, stats
 
 
-def _wer(reference: list[str], hypothesis: list[str]) -> float:
-    """Word edit distance / reference length (1.0 for any words against an empty reference)."""
-    if not reference:
-        return 0.0 if not hypothesis else 1.0
-    row = list(range(len(hypothesis) + 1))
-    for i, r in enumerate(reference, 1):
-        prev, row[0] = row[0], i
-        for j, h in enumerate(hypothesis, 1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
-    return row[-1] / len(reference)
+def _item_wers(items: Sequence[Item], answers: Mapping[str, str], labels: Mapping[str, str]):
+    """id -> WER of the answer against its label, by the field's WER (`eval.asr`)."""
+    from distill.eval.asr import word_error_rate
+
+    scored = [
+        it
+        for it in items
+        if it.id in labels and it.task == "asr" and answers.get(it.id, "").strip()
+    ]
+    if not scored:
+        return {}
+    per_item = {}
+    for it in scored:  # one at a time: an all-empty reference corpus is per item, not an error
+        ref = labels[it.id]
+        try:
+            out = word_error_rate([answers[it.id]], [ref], [it.id])["per_item"][it.id]
+            per_item[it.id] = out["errors"] / out["reference_words"]
+        except ValueError:  # the label normalises to no words: any answer is all error
+            per_item[it.id] = 1.0
+    return per_item
 
 
 __all__ = ["FilterStats", "answer_logprobs", "filter_pseudo_labels"]

@@ -73,9 +73,10 @@ def provenance(run: Any) -> dict[str, str]:
 
 def _precision(model: dict) -> str:
     """The run's precision setting and the dtype its weights were measured in."""
+    from distill.modeling.precision import FROM_DTYPE
+
     cfg = model.get("config") or {}
-    setting = cfg.get("precision") or {"float32": "fp32", "bfloat16": "bf16",
-                                       "float16": "fp16"}.get(cfg.get("dtype"), "n/a")  # fmt: skip
+    setting = cfg.get("precision") or FROM_DTYPE.get(cfg.get("dtype"), "n/a")
     return f"{setting} (weights measured in {model.get('dtype', 'n/a')})"
 
 

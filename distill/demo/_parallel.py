@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
+
+
+@contextlib.contextmanager
+def pinned_threads(n: int) -> Iterator[None]:
+    """Run the block with `n` torch threads (so its numbers do not depend on the machine)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def run_parallel(fn: Callable[..., Any], calls: Sequence[tuple], jobs: int) -> list[Any]:

@@ -471,12 +471,11 @@ FOUNDATION_PARTS = ("speech_encoder", "audio_encoder", "teacher_lm", "student_lm
 
 def _pretrain_part(cfg, paths: dict[str, str], name: str, out: str) -> float:
     """Pretrain one foundation part into `out` with `cfg.threads` threads; its seconds."""
+    from distill.demo._parallel import pinned_threads
     from distill.modeling.tiny import tiny_whisper_config
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(cfg.threads)
     t = time.perf_counter()
-    try:
+    with pinned_threads(cfg.threads):
         if name == "speech_encoder":
             pretrain_speech_encoder(
                 out, paths["train"], paths["valid"], seconds=cfg.window_seconds,
@@ -496,6 +495,4 @@ def _pretrain_part(cfg, paths: dict[str, str], name: str, out: str) -> float:
                 out, paths[f"{role}_tokenizer"], lm_texts(read_annotations(paths["train"])),
                 llm_config=llm, steps=cfg.lm_steps, batch_size=32, seed=cfg.seed,
                 progress=cfg.progress)  # fmt: skip
-    finally:
-        torch.set_num_threads(threads)
     return round(time.perf_counter() - t, 1)

@@ -73,16 +73,12 @@ def add_pseudo_labels(world: World, timings: dict[str, float] | None = None) -> 
 
 def build_world(cfg: DemoConfig, timings: dict[str, float]) -> World:
     """`prepare`, then train and evaluate the teacher, then its pseudo-labels."""
-    import torch
+    from distill.demo._parallel import pinned_threads
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(cfg.world_threads)
-    try:
+    with pinned_threads(cfg.world_threads):
         world = prepare(cfg, timings)
         train_and_evaluate(teacher(world), "teacher", timings)
         return add_pseudo_labels(world, timings)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def student_recipe(world: World, arm_name: str, seed: int):
@@ -139,14 +135,10 @@ def run_students(
 
 
 def _one_student(world: World, name: str, seed: int, split: str, timings: dict) -> Path:
-    import torch
+    from distill.demo._parallel import pinned_threads
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(world.cfg.threads)
-    try:
+    with pinned_threads(world.cfg.threads):
         return run_student(world, name, seed, timings, split)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _student_job(world: World, name: str, seed: int, split: str) -> tuple[Path, dict]:

@@ -145,10 +145,23 @@ def load_salmonn_checkpoint(model, ckpt_path: str | os.PathLike) -> SalmonnLoadR
     return report
 
 
-def save_salmonn_checkpoint(model, path: str | os.PathLike) -> None:
-    """Write `{"model": trainable state}` as SALMONN does (for interop with its code)."""
-    state = {k: v.detach().cpu().clone() for k, v in model.trainable_state_dict().items()}
+def salmonn_key(key: str) -> str:
+    """Ours -> SALMONN's spelling (the inverse of `normalize_salmonn_key` for our keys):
+    peft's named adapter `lora_A.default.weight` -> `lora_A.weight`."""
+    return re.sub(r"\.lora_([AB])\.default\.weight$", r".lora_\1.weight", key)
+
+
+def save_salmonn_checkpoint(model, path: str | os.PathLike) -> dict[str, Tensor]:
+    """Write `{"model": trainable state}` as SALMONN saves it, with SALMONN's key names.
+
+    Returns:
+        The state dict written.
+    """
+    state = {
+        salmonn_key(k): v.detach().cpu().clone() for k, v in model.trainable_state_dict().items()
+    }
     torch.save({"model": state}, os.fspath(path))
+    return state
 
 
 def build_salmonn(

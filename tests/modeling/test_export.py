@@ -9,9 +9,9 @@ import pytest
 import torch
 import yaml
 
-from distill.export import export_hf, export_salmonn, load_hf_export, salmonn_key
+from distill.export import export_hf, export_salmonn, load_hf_export
 from distill.modeling.config import AudioLLMConfig
-from distill.modeling.salmonn import load_salmonn_checkpoint, read_salmonn_state
+from distill.modeling.salmonn import load_salmonn_checkpoint, read_salmonn_state, salmonn_key
 from distill.modeling.tiny import build_tiny
 from tests.modeling.conftest import make_batch
 
