@@ -102,10 +102,17 @@ class TrainConfig:
     # keep frozen encoders' outputs per clip in memory (student and live teacher) so later
     # epochs skip Whisper/BEATs/CED; ~85 KB a clip for tiny encoders, 7.7 MB for whisper-large
     cache_frozen_features: bool = False
+    # a directory written by `distill.engine.features.build_feature_store`: models whose
+    # frozen encoders match a file there start with its rows (needs cache_frozen_features)
+    feature_store: str | None = None
 
     def __post_init__(self) -> None:
         _require(self.log_every >= 1, "train.log_every must be >= 1")
         _require(self.save_every >= 1, "train.save_every must be >= 1")
+        _require(
+            self.feature_store is None or self.cache_frozen_features,
+            "train.feature_store needs train.cache_frozen_features: true",
+        )
 
 
 _DECODE_FIELDS = (

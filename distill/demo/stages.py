@@ -110,6 +110,7 @@ def make_recipe(
                 "trackers": [],
                 "progress": cfg.progress,
                 "cache_frozen_features": True,
+                "feature_store": paths.get("features"),
             },
             "eval": {
                 "num_beams": 1,
@@ -176,7 +177,13 @@ def train_and_evaluate(recipe: Recipe, role: str, timings: dict[str, float] | No
     return out
 
 
-def pseudo_label(cfg: DemoConfig, teacher_dir: str | Path, unlabelled: str, out_file: Path) -> str:
+def pseudo_label(
+    cfg: DemoConfig,
+    teacher_dir: str | Path,
+    unlabelled: str,
+    out_file: Path,
+    store: str | None = None,
+) -> str:
     """The teacher's greedy answers for the unlabelled clips, scored and filtered.
 
     Each item keeps its audio, task and prompt; its text becomes the teacher's answer
@@ -186,6 +193,7 @@ def pseudo_label(cfg: DemoConfig, teacher_dir: str | Path, unlabelled: str, out_
     `<out>.stats.json`, with how many kept answers differ from the (hidden) true labels.
     """
     from distill.data.annotations import read_annotations, write_annotations
+    from distill.engine.features import attach_store
     from distill.eval.runner import generate_all
     from distill.modeling.audio_llm import AudioLLM
     from distill.pseudo import answer_logprobs, filter_pseudo_labels
@@ -197,6 +205,7 @@ def pseudo_label(cfg: DemoConfig, teacher_dir: str | Path, unlabelled: str, out_
     if not items:
         return write_annotations([], out_file)
     model = AudioLLM.from_pretrained(Path(teacher_dir) / "model")
+    attach_store(model, store)  # the frozen encoders' rows, computed once for the world
     texts, _ = generate_all(model, items, num_beams=1, max_new_tokens=cfg.max_new_tokens,
                             batch_size=64, progress=cfg.progress)  # fmt: skip
     scores = answer_logprobs(model, items, texts, batch_size=64, progress=cfg.progress)

@@ -6,6 +6,7 @@ Built once per `DemoConfig.seed` (and label fraction) and reused by every later 
 from __future__ import annotations
 
 import copy
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +51,33 @@ def prepare(cfg: DemoConfig, timings: dict[str, float] | None = None) -> World:
     paths = make_data(cfg)
     timings["data_s"] = round(time.perf_counter() - t, 1)
     found = build_foundation(cfg, paths, timings)
+    paths["features"] = frozen_features(cfg, paths, found, timings)
     return World(cfg, paths, found, Path(cfg.out_dir) / "teacher", None)
+
+
+def frozen_features(
+    cfg: DemoConfig, paths: dict[str, str], found: dict[str, str], timings: dict[str, float]
+) -> str:
+    """The frozen encoders' outputs for every train and valid clip, computed once.
+
+    Teacher and students share the foundation's encoders, so one store file
+    (`distill.engine.features`) serves the teacher's training, its pseudo-labels and every
+    student of the demo and the study (`train.feature_store`).
+    """
+    from distill.engine.features import build_feature_store
+    from distill.presets import build_model
+
+    store = Path(cfg.out_dir) / "features"
+    done = store / "done.json"
+    if done.is_file():
+        return str(store)
+    t = time.perf_counter()
+    model = build_model(config=audio_llm_config(cfg, found, "teacher"), seed=cfg.seed)
+    out = build_feature_store(model, [paths["train"], paths["valid"]], store,
+                              batch_size=64, progress=cfg.progress)  # fmt: skip
+    done.write_text(json.dumps({"file": out.name}) + "\n")
+    timings["features_s"] = round(time.perf_counter() - t, 1)
+    return str(store)
 
 
 def teacher(world: World):
@@ -65,7 +92,9 @@ def add_pseudo_labels(world: World, timings: dict[str, float] | None = None) -> 
     t = time.perf_counter()
     out = Path(world.paths["labelled"]).parent / "pseudo_labels.json"
     fresh = not out.is_file()
-    world.pseudo = pseudo_label(world.cfg, world.teacher_dir, world.paths["unlabelled"], out)
+    world.pseudo = pseudo_label(
+        world.cfg, world.teacher_dir, world.paths["unlabelled"], out, world.paths.get("features")
+    )
     if fresh and timings is not None:
         timings["pseudo_labels_s"] = round(time.perf_counter() - t, 1)
     return world

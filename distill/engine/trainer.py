@@ -100,11 +100,10 @@ class Trainer:
         self.teacher = instantiate(recipe.teacher, config_key="teacher") if recipe.teacher else None
         self.hidden = required_hidden(self.loss)
         if recipe.train.cache_frozen_features:
-            from distill.modeling.feature_cache import FrozenFeatureCache
+            from distill.engine.features import attach_store
 
             for model in (self.student, getattr(self.teacher, "model", None)):
-                if hasattr(model, "feature_cache"):
-                    model.feature_cache = FrozenFeatureCache()
+                attach_store(model, recipe.train.feature_store)
         if self.teacher is not None:
             if hasattr(self.teacher, "hidden"):
                 self.teacher.hidden = tuple(sorted(set(self.teacher.hidden) | set(self.hidden)))

@@ -207,6 +207,47 @@ class AudioLLM(nn.Module):
         return {k: v for k, v in self.state_dict().items() if k not in frozen}
 
     # ------------------------------------------------------------------ audio
+    def frozen_fingerprint(self) -> str:
+        """A hash of everything a cached frozen-encoder row depends on.
+
+        The frozen encoders' weights and buffers (Whisper, BEATs/CED), the log-mel front end,
+        the encoder configs and the dtype: two models share a feature store
+        (`FrozenFeatureCache.save`/`load`) exactly when this matches, e.g. a teacher and a
+        student over the same encoders. Costs one pass over the encoders' bytes.
+        """
+        import hashlib
+        import json
+
+        h = hashlib.sha256()
+        parts: list[tuple[str, nn.Module]] = [("log_mel", self.log_mel)]
+        if self.config.freeze_whisper:
+            parts.append(("speech", self.speech_encoder))
+            h.update(json.dumps(self.speech_encoder.config.to_dict(), sort_keys=True,
+                                default=str).encode())  # fmt: skip
+        if self.beats is not None and self.config.freeze_audio_encoder:
+            parts.append(("audio", self.beats))
+            h.update(json.dumps(self.config.audio_encoder_config, sort_keys=True,
+                                default=str).encode())  # fmt: skip
+        h.update(str(self.dtype).encode())
+        for prefix, module in parts:
+            for name, t in sorted(module.state_dict().items()):
+                t = t.detach().contiguous().cpu()
+                h.update(f"{prefix}.{name}:{tuple(t.shape)}:{t.dtype}".encode())
+                h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        return h.hexdigest()[:24]
+
+    @torch.no_grad()
+    def encode_frozen(self, batch: AudioBatch) -> None:
+        """Compute the frozen encoders' rows of `batch` into `feature_cache` (no bridge, no LLM)."""
+        if self.feature_cache is None:
+            raise ValueError("encode_frozen needs model.feature_cache = FrozenFeatureCache()")
+        wav = batch.waveforms.to(self.device)
+        lengths = batch.lengths.to(self.device)
+        if self.config.freeze_whisper:
+            self._speech_features(wav, lengths, batch.ids)
+        if self.beats is not None and self.config.freeze_audio_encoder:
+            self._audio_features(wav, lengths, batch.ids)
+
     def _encode(self, batch: AudioBatch) -> dict[str, Tensor]:
         wav = batch.waveforms.to(self.device)
         lengths = batch.lengths.to(self.device)

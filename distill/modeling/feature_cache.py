@@ -13,14 +13,30 @@ forward equals an uncached one up to the float rounding of a different batch com
 Memory: one row per clip, in the model's dtype: t x d_whisper + n x d_audio values. That is
 about 85 KB for the demo's tiny encoders, but 7.7 MB (fp32) for a 30 s whisper-large clip:
 for real corpora keep `max_items` bounded or leave the cache off.
+
+On disk (`save` / `load`): one safetensors file per set of frozen encoders, named by their
+fingerprint (`AudioLLM.frozen_fingerprint`: a hash of the encoders' weights, the log-mel
+front end and the dtype), so a store is only ever read by models whose encoders would
+compute the very same rows; every later stage and run reads it instead of recomputing.
+`distill.engine.features.build_feature_store` fills one; `train.feature_store` reads it.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 from torch import Tensor
+
+from distill.errors import DistillError
+
+FORMAT = "distill-frozen-features/1"
+
+
+class FeatureStoreError(DistillError, ValueError):
+    """A feature store file that cannot be read, or that other encoders wrote."""
 
 
 class FrozenFeatureCache:
@@ -71,6 +87,64 @@ class FrozenFeatureCache:
             if self.max_items is None or len(self._rows) < self.max_items:
                 self._rows[keys[k]] = row.detach()
         return [fresh[k] if k in fresh else self._rows[key] for k, key in enumerate(keys)]
+
+    # ------------------------------------------------------------------ on disk
+    @staticmethod
+    def store_file(store: str | Path, fingerprint: str) -> Path:
+        """The file of `store` (a directory) that holds the rows of these encoders."""
+        return Path(store) / f"{fingerprint}.safetensors"
+
+    def save(self, store: str | Path, fingerprint: str) -> Path:
+        """Write every cached row to `store/<fingerprint>.safetensors` (atomically)."""
+        from safetensors.torch import save_file
+
+        out = self.store_file(store, fingerprint)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {
+            f"{stream}/{length}/{item}": row.detach().contiguous().cpu()
+            for (stream, item, length), row in self._rows.items()
+        }
+        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+        save_file(tensors, tmp, metadata={"format": FORMAT, "fingerprint": fingerprint})
+        os.replace(tmp, out)
+        return out
+
+    @classmethod
+    def load(
+        cls, store: str | Path, fingerprint: str, *, device: torch.device | str | None = None
+    ) -> FrozenFeatureCache:
+        """A cache holding the rows of `store/<fingerprint>.safetensors`, or empty if none.
+
+        Raises:
+            FeatureStoreError: the file is unreadable, or its recorded fingerprint is not
+                `fingerprint` (the file was renamed or written by other encoders).
+        """
+        from safetensors import safe_open
+
+        cache = cls()
+        path = cls.store_file(store, fingerprint)
+        if not path.is_file():
+            return cache
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                meta = f.metadata() or {}
+                if meta.get("format") != FORMAT or meta.get("fingerprint") != fingerprint:
+                    raise FeatureStoreError(
+                        f"{path}: written for encoders {meta.get('fingerprint')!r} "
+                        f"(format {meta.get('format')!r}), not {fingerprint!r}; delete it "
+                        "or point train.feature_store elsewhere"
+                    )
+                for key in f.keys():
+                    stream, length, item = key.split("/", 2)
+                    row = f.get_tensor(key)
+                    cache._rows[(stream, item, int(length))] = (
+                        row if device is None else row.to(device)
+                    )
+        except FeatureStoreError:
+            raise
+        except Exception as err:  # safetensors raises its own error types on corrupt files
+            raise FeatureStoreError(f"{path}: not a readable feature store ({err})") from err
+        return cache
 
 
 def stack_padded(rows: Sequence[Tensor], length: int) -> tuple[Tensor, Tensor]:
