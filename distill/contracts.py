@@ -13,13 +13,14 @@ either dense or sparse top-k. A loss maps (student, teacher) to a `LossOutput`.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from typing import Protocol, runtime_checkable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 SAMPLE_RATE = 16_000
 
@@ -55,6 +56,8 @@ class AudioBatch:
         answers: b answer texts; empty strings at inference time.
         ids: b stable item ids (used to align predictions, caches and references).
         sample_rate: must be 16000; kept so a mistaken resample is caught early.
+        sampled: the answers were sampled by the student being trained (on-policy KD,
+            `distill.engine.on_policy`), not labels; losses see it as `ModelOutputs.sampled`.
     """
 
     waveforms: Tensor
@@ -64,6 +67,7 @@ class AudioBatch:
     answers: list[str]
     ids: list[str]
     sample_rate: int = SAMPLE_RATE
+    sampled: bool = False
 
     def __post_init__(self) -> None:
         _check_tensor("waveforms", self.waveforms, 2, "AudioBatch")
@@ -100,7 +104,12 @@ class AudioBatch:
         return self.waveforms.shape[0]
 
     def to(self, device: torch.device | str) -> AudioBatch:
-        return replace(self, waveforms=self.waveforms.to(device), lengths=self.lengths.to(device))
+        """The same batch on `device`. Not validated again: it was, on the host, when built
+        (validation reads the lengths, which on a GPU would wait on the device)."""
+        moved = copy.copy(self)
+        moved.waveforms = self.waveforms.to(device)
+        moved.lengths = self.lengths.to(device)
+        return moved
 
     def select(self, index: Sequence[int]) -> AudioBatch:
         """A sub-batch of the given items, re-padded to its own longest waveform."""
@@ -115,6 +124,7 @@ class AudioBatch:
             prompts=[self.prompts[i] for i in index],
             answers=[self.answers[i] for i in index],
             ids=[self.ids[i] for i in index],
+            sampled=self.sampled,
         )
 
 
@@ -183,7 +193,7 @@ class _Signals:
     audio: Tensor | None = None
     ids: list[str] | None = None
     tasks: list[str] | None = None
-    num_tokens: float | None = None
+    num_tokens: float | Tensor | None = None
 
     def _validate_common(self, owner: str) -> tuple[int, int]:
         _check_tensor("mask", self.mask, 2, owner)
@@ -241,15 +251,29 @@ class ModelOutputs(_Signals):
     Attributes:
         logits: [b, n, v] logits at the positions that predict each answer token
             (row i predicts `token_ids[:, i]`). Kept in the model's dtype; losses upcast.
-            None only in a features-only pass (`AudioLLM.forward(logits=False)`, a frozen
-            teacher's), which then carries at least one hidden state.
+            None in a features-only pass (`AudioLLM.forward(logits=False)`, a frozen
+            teacher's), which then carries at least one hidden state, and in a fused pass.
+        head: the output head (`lm_head`) in a fused pass (`AudioLLM.forward(head=True)`):
+            logits are None and `head(llm_hidden)` would give them; the losses that support
+            it compute from `llm_hidden` chunk by chunk (`losses._fused_head`) and never
+            hold [b, n, v].
+        sampled: the answers are the student's own samples (on-policy KD); `losses.CE`
+            gives 0 on them unless told otherwise (no training on its own mistakes).
         (all other fields: see `_Signals`)
     """
 
     logits: Tensor | None = None
+    head: nn.Module | None = None
+    sampled: bool = False
 
     def __post_init__(self) -> None:
         b, n = self._validate_common("ModelOutputs")
+        if self.head is not None:
+            _check(
+                self.logits is None and self.llm_hidden is not None,
+                "ModelOutputs.head (a fused pass) comes with llm_hidden and without logits",
+            )
+            return
         if self.logits is None:
             _check(
                 any(
@@ -273,7 +297,15 @@ class ModelOutputs(_Signals):
             )
 
     @property
+    def is_fused(self) -> bool:
+        """Hidden states and head instead of logits (see `head`)."""
+        return self.head is not None
+
+    @property
     def vocab_size(self) -> int:
+        if self.logits is None and self.head is not None:
+            out = getattr(self.head, "out_features", None)
+            return int(out if out is not None else self.head.weight.shape[0])
         return self.logits.shape[-1]
 
 
@@ -365,6 +397,11 @@ class TeacherSignals(_Signals):
         for name in ("llm_hidden", "qformer", "speech", "audio"):
             if kwargs[name] is not None:
                 kwargs[name] = kwargs[name].detach()
+        if outputs.head is not None:
+            raise ContractError(
+                "a fused pass (ModelOutputs.head, no logits) cannot become teacher signals; "
+                "run the teacher with logits"
+            )
         if outputs.logits is None:  # features only
             return cls(**kwargs)
         logits = outputs.logits.detach()
@@ -383,15 +420,17 @@ class TeacherSignals(_Signals):
 
 @dataclass
 class LossOutput:
-    """A scalar loss and detached float metrics for logging.
+    """A scalar loss and detached metrics for logging.
 
     Attributes:
         loss: scalar tensor to backpropagate.
-        metrics: name -> float; every term a loss computed, already detached.
+        metrics: name -> number or detached 0-dim tensor; every term a loss computed. They
+            stay tensors so that computing them never waits on the device; the engine
+            fetches them all at once on logging steps (`float(v)` reads one by hand).
     """
 
     loss: Tensor
-    metrics: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, float | Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _check(isinstance(self.loss, Tensor), "LossOutput.loss must be a tensor")
@@ -399,7 +438,16 @@ class LossOutput:
             self.loss.ndim == 0,
             f"LossOutput.loss must be a scalar, got shape {tuple(self.loss.shape)}",
         )
-        self.metrics = {k: float(v) for k, v in self.metrics.items()}
+        for k, v in self.metrics.items():
+            if isinstance(v, Tensor):
+                _check(
+                    v.numel() == 1,
+                    f"LossOutput.metrics[{k!r}] must be a scalar, got {tuple(v.shape)}",
+                )
+                if v.requires_grad:
+                    self.metrics[k] = v.detach()
+            else:
+                self.metrics[k] = float(v)  # a host number: no wait
 
 
 @runtime_checkable

@@ -105,6 +105,21 @@ class TrainConfig:
     # a directory written by `distill.engine.features.build_feature_store`: models whose
     # frozen encoders match a file there start with its rows (needs cache_frozen_features)
     feature_store: str | None = None
+    # run the losses' value-reading input checks (NaN/inf inputs, empty masks) on every
+    # micro-batch; off, the engine checks only the values it logs (no wait on the device)
+    debug_checks: bool = False
+    # the student hands the loss its answer hidden states and lm_head instead of logits:
+    # CE, TokenKL and DDAT over TokenKL compute the logits chunk by chunk and never hold
+    # [batch, answer tokens, vocab] (the memory of a 151,936-token vocabulary); other
+    # losses refuse it, naming this option
+    fused_head: bool = False
+    # on-policy KD (GKD): this fraction of micro-batches trains on answers the student
+    # samples (temperature, top_p, at most max_new_tokens), scored by the live teacher;
+    # 0 is off-policy training on the labels (distill.engine.on_policy)
+    on_policy_lmbda: float = 0.0
+    on_policy_max_new_tokens: int = 64
+    on_policy_temperature: float = 1.0
+    on_policy_top_p: float = 1.0
 
     def __post_init__(self) -> None:
         _require(self.log_every >= 1, "train.log_every must be >= 1")
@@ -113,6 +128,13 @@ class TrainConfig:
             self.feature_store is None or self.cache_frozen_features,
             "train.feature_store needs train.cache_frozen_features: true",
         )
+        _require(
+            0.0 <= self.on_policy_lmbda <= 1.0,
+            f"train.on_policy_lmbda must be in [0, 1], got {self.on_policy_lmbda}",
+        )
+        _require(self.on_policy_max_new_tokens >= 1, "train.on_policy_max_new_tokens must be >= 1")
+        _require(self.on_policy_temperature > 0, "train.on_policy_temperature must be > 0")
+        _require(0 < self.on_policy_top_p <= 1, "train.on_policy_top_p must be in (0, 1]")
 
 
 _DECODE_FIELDS = (

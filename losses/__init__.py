@@ -7,6 +7,7 @@ from losses.contrastive import QFormerContrastive
 from losses.ctc import CTCAux
 from losses.ddat import DDAT, KDTerm
 from losses.feature_mse import FeatureMSE
+from losses.gjsd import GeneralizedJSD
 from losses.multilevel_ot import ULD, MultiLevelOT
 from losses.sinkhorn import sinkhorn
 from losses.token_kl import TokenKL
@@ -17,6 +18,7 @@ __all__ = [
     "DDAT",
     "Compose",
     "FeatureMSE",
+    "GeneralizedJSD",
     "KDTerm",
     "LinearWarmup",
     "LossInputError",

@@ -68,5 +68,54 @@ class FusedForwardKL(torch.autograd.Function):
             p_1 = p_s if T == 1.0 else torch.exp(x - lse_1[:, sl].unsqueeze(-1))
             g.add_(p_1 * g_ce[:, sl])
             g.scatter_add_(-1, y[:, sl], -g_ce[:, sl])
+            # rows without gradient (padding) stay 0 even where the teacher row is all -inf
+            g.masked_fill_((g_kd[:, sl] == 0) & (g_ce[:, sl] == 0), 0.0)
             grad[:, sl] = g
         return grad, None, None, None, None
+
+
+def forward_kl_ce_grad(
+    logits: Tensor, weights: list, targets: Tensor, teacher: Tensor, temperature: float
+) -> tuple[tuple[Tensor, Tensor], Tensor]:
+    """One chunk of the fused-head path in closed form: (kd [b, c], ce [b, c]) and
+    d(sum w_kd kd + w_ce ce) / d logits [b, c, v], the formulas of the module doc.
+
+    Consumes `logits` (fp32/fp64 logits are overwritten in place: the caller made them for
+    this call) and holds three [b, c, v] buffers plus log-sum-exp's transient one;
+    autograd through the same maths keeps about ten. `weights` = [w_kd, w_ce] (each
+    [b, c], a number or None), as `linear_terms` slices them.
+    """
+    T = temperature
+    w_kd, w_ce = (0.0 if w is None else w for w in weights[:2])
+    x = upcast(logits)  # buffer 1
+    y = targets.clamp_min(0).unsqueeze(-1)
+    x_y = x.gather(-1, y).squeeze(-1)
+    l1 = None if T == 1.0 else torch.logsumexp(x, -1, keepdim=True)
+    z_s = x if T == 1.0 else x.div_(T)
+    ls = torch.logsumexp(z_s, -1, keepdim=True)
+    l1 = ls if l1 is None else l1
+    z_t = upcast(teacher).to(x.dtype) / T  # buffer 2 (never the teacher's own storage)
+    lt = torch.logsumexp(z_t, -1, keepdim=True)
+    p_t = torch.sub(z_t, lt).exp_()  # buffer 3
+    kd = z_t.clamp_min_(_LOW).sub_(z_s).mul_(p_t).sum(-1) - lt.squeeze(-1) + ls.squeeze(-1)
+    ce = l1.squeeze(-1) - x_y
+    a = _col(w_kd, z_s) / T
+    c = _col(w_ce, z_s)
+    g = torch.sub(z_s, ls, out=z_t).exp_().sub_(p_t).mul_(a)  # (p_s - p_t) w_kd / T
+    if T == 1.0:  # softmax(x) = p_s, in buffer 3
+        p_1 = torch.sub(z_s, ls, out=p_t).exp_()
+    else:
+        p_1 = torch.mul(z_s, T, out=p_t).sub_(l1).exp_()
+    g.add_(p_1.mul_(c))
+    g.scatter_add_(-1, y, -c.expand_as(y).to(g.dtype) if isinstance(c, Tensor) else
+                   torch.full_like(y, -c, dtype=g.dtype))  # fmt: skip
+    if isinstance(a, Tensor) and isinstance(c, Tensor):  # weightless rows (padding) give 0,
+        g.masked_fill_((a == 0) & (c == 0), 0.0)  # even where their logits are not finite
+    return (kd, ce), g
+
+
+def _col(w, like: Tensor):
+    """A weight as [b, c, 1] (tensor) or a number, in the logits' dtype."""
+    if isinstance(w, Tensor):
+        return w.to(like.dtype).reshape(*w.shape, *([1] * (like.dim() - w.dim())))
+    return float(w)

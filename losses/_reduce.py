@@ -10,6 +10,10 @@ Normalisation convention (used by every token-level term):
     of valid tokens clamped to >= 1. With `num_tokens` set, summing micro-batch losses and
     averaging gradients over processes gives exactly the mean over every token of the step;
     without it, an all-masked batch gives 0 rather than NaN.
+
+Input checks (`check_finite`, `check_result`, `require_tokens` and the losses' own value
+checks) read tensor values, which waits on the device: they follow `distill.checks`
+(on by default; the engine turns them off on its hot path unless `train.debug_checks`).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from distill.checks import checks_enabled
 from distill.contracts import LossOutput, ModelOutputs, TeacherSignals
 from distill.errors import DistillError
 
@@ -38,6 +43,19 @@ def require_logits(teacher, owner: str) -> None:
         )
 
 
+def require_student_logits(student, owner: str) -> None:
+    """A clear error for a loss that needs the student's [b, n, v] logits and has none."""
+    if student.logits is not None:
+        return
+    if getattr(student, "head", None) is not None:
+        raise LossInputError(
+            f"{owner} needs the student's logits, but the student ran fused (train.fused_head: "
+            "true gives hidden states and the head only); CE, TokenKL and DDAT over TokenKL "
+            "compute from those. Set train.fused_head: false for this loss"
+        )
+    raise LossInputError(f"{owner} needs the student's logits; the student gave features only")
+
+
 class NonFiniteError(FloatingPointError):
     """A loss input or result contains NaN or +inf."""
 
@@ -52,13 +70,14 @@ def masked_sum(values: Tensor, mask: Tensor) -> Tensor:
     return torch.where(mask, values, values.new_zeros(())).sum()
 
 
-def masked_mean(values: Tensor, mask: Tensor, num_tokens: float | None = None) -> Tensor:
+def masked_mean(values: Tensor, mask: Tensor, num_tokens: float | Tensor | None = None) -> Tensor:
     """The one masked mean every loss uses.
 
     Args:
         values: [b, n] per-token values (any float dtype; summed in fp32 or wider).
         mask: [b, n] bool, True where a value counts.
-        num_tokens: global denominator set by the engine; None means the local count.
+        num_tokens: global denominator set by the engine (a number, or a 0-dim tensor when
+            it was reduced across processes); None means the local count.
 
     Returns:
         Scalar: sum of valid values / max(denominator, 1). All-masked gives exactly 0.
@@ -67,17 +86,16 @@ def masked_mean(values: Tensor, mask: Tensor, num_tokens: float | None = None) -
         raise LossInputError(
             f"masked_mean: values {tuple(values.shape)} != mask {tuple(mask.shape)}"
         )
-    total = masked_sum(upcast(values), mask)
-    denom = float(num_tokens) if num_tokens is not None else float(mask.sum())
-    return total / max(denom, 1.0)
+    return masked_sum(upcast(values), mask) / denominator(mask, num_tokens)
 
 
 def check_finite(name: str, x: Tensor | None) -> None:
     """Raise `NonFiniteError` naming `name` if `x` holds NaN or +inf (-inf is a legal mask).
 
-    One reduction pass (amax propagates NaN), no [b, n, v] temporary.
+    One reduction pass (amax propagates NaN), no [b, n, v] temporary. Skipped inside
+    `debug_checks(False)`.
     """
-    if x is None or x.numel() == 0 or not x.is_floating_point():
+    if not checks_enabled() or x is None or x.numel() == 0 or not x.is_floating_point():
         return
     top = float(x.detach().amax())
     if not top < math.inf:
@@ -86,8 +104,11 @@ def check_finite(name: str, x: Tensor | None) -> None:
 
 
 def check_result(name: str, loss: Tensor, **inputs: Tensor | None) -> None:
-    """Raise if `loss` is not finite, naming the first non-finite input or else the loss."""
-    if bool(torch.isfinite(loss.detach()).all()):
+    """Raise if `loss` is not finite, naming the first non-finite input or else the loss.
+
+    Skipped inside `debug_checks(False)`.
+    """
+    if not checks_enabled() or bool(torch.isfinite(loss.detach()).all()):
         return
     for input_name, x in inputs.items():
         check_finite(input_name, x)
@@ -131,14 +152,19 @@ def check_pair(student: ModelOutputs, teacher: TeacherSignals, owner: str) -> No
 
 
 def require_tokens(mask: Tensor, owner: str, what: str = "answer tokens") -> None:
-    """A loss that needs answer tokens raises when the batch has none."""
-    if not bool(mask.any()):
+    """A loss that needs answer tokens raises when the batch has none (unless checks are off)."""
+    if checks_enabled() and not bool(mask.any()):
         raise LossInputError(f"{owner}: the batch has no {what} (mask is all False)")
 
 
 def xlogy_diff(p: Tensor, log_p: Tensor, log_q: Tensor) -> Tensor:
-    """p * (log p - log q) with 0 where p == 0, so -inf logits never produce NaN."""
-    return torch.where(p > 0, p * (log_p - log_q), p.new_zeros(()))
+    """p * (log p - log q) with 0 where p == 0, so -inf logits never produce NaN.
+
+    The difference is masked too: where p == 0 both logs may be -inf, and their NaN
+    difference would reach the gradient through the product's backward (0 * NaN)."""
+    pos = p > 0
+    zero = p.new_zeros(())
+    return torch.where(pos, p * torch.where(pos, log_p - log_q, zero), zero)
 
 
 def chunk_slices(n: int, chunk_size: int | None):
@@ -275,9 +301,24 @@ def token_cross_entropy(
 ) -> Tensor:
     """Per-token CE [b, n] of `logits` [b, n, v] against `targets` [b, n], 0 where masked."""
 
-    def _ce(x: Tensor, y: Tensor, m: Tensor) -> Tensor:
-        lp = torch.log_softmax(upcast(x), dim=-1)
-        picked = lp.gather(-1, y.clamp_min(0).unsqueeze(-1)).squeeze(-1)
-        return torch.where(m, -picked, picked.new_zeros(()))
+    return chunked(_ce_values, (logits, targets, mask), chunk_size=chunk_size)
 
-    return chunked(_ce, (logits, targets, mask), chunk_size=chunk_size)
+
+def _ce_values(x: Tensor, y: Tensor, m: Tensor) -> Tensor:
+    lp = torch.log_softmax(upcast(x), dim=-1)
+    picked = lp.gather(-1, y.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+    return torch.where(m, -picked, picked.new_zeros(()))
+
+
+def ce_chunk(x: Tensor, y: Tensor, m: Tensor) -> tuple[Tensor]:
+    """Per-token CE [b, c] of one chunk of logits, as a 1-tuple (`linear_terms`' form)."""
+    return (_ce_values(x, y, m),)
+
+
+def denominator(mask: Tensor, num_tokens: float | Tensor | None) -> Tensor | float:
+    """What `masked_mean` divides by: max(num_tokens, 1), or the mask's count (no sync)."""
+    if num_tokens is None:
+        return mask.sum().clamp_min(1)
+    if isinstance(num_tokens, Tensor):
+        return num_tokens.clamp_min(1.0)
+    return max(float(num_tokens), 1.0)

@@ -74,6 +74,7 @@ class Compose(nn.Module):
         self.weights = {k: float((weights or {}).get(k, 1.0)) for k in terms}
         self.schedules = dict(schedules or {})
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        self._host_step: int | None = 0  # the buffer's value on the host (None: read it)
 
     @property
     def teacher_logits(self) -> bool:
@@ -83,7 +84,11 @@ class Compose(nn.Module):
     def weight(self, name: str) -> float:
         """Effective weight of `name` at the current step."""
         schedule = self.schedules.get(name)
-        return self.weights[name] * (schedule(int(self.step)) if schedule is not None else 1.0)
+        if schedule is None:
+            return self.weights[name]
+        if self._host_step is None:  # after load_state_dict: read the buffer once
+            self._host_step = int(self.step)
+        return self.weights[name] * schedule(self._host_step)
 
     def on_step(self, step: int) -> None:
         """Called by the engine once per optimizer step, `step` the steps done so far.
@@ -93,6 +98,11 @@ class Compose(nn.Module):
         loss tree, so nested stateful losses advance too).
         """
         self.step.fill_(int(step))
+        self._host_step = int(step)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._host_step = None
 
     def forward(self, student: ModelOutputs, teacher: TeacherSignals) -> LossOutput:
         total, metrics = None, {}
@@ -106,6 +116,7 @@ class Compose(nn.Module):
                 metrics[f"{name}/{key}"] = value
             total = w * out.loss if total is None else total + w * out.loss
         if total is None:
-            total = student.logits.sum() * 0.0
-        metrics["loss"] = float(total.detach())
+            anchor = student.logits if student.logits is not None else student.llm_hidden
+            total = anchor.sum() * 0.0
+        metrics["loss"] = total.detach()
         return LossOutput(loss=total, metrics=metrics)

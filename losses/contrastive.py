@@ -109,5 +109,5 @@ class QFormerContrastive(nn.Module):
         check_result("QFormerContrastive loss", loss)
         acc = (scores.argmax(-1) == target).float().mean()
         metrics = {"loss": loss.detach(), "accuracy": acc, "windows": float(z_s.shape[0])}
-        metrics["temperature"] = float(torch.exp(-self.log_scale.detach()))
+        metrics["temperature"] = torch.exp(-self.log_scale.detach())
         return LossOutput(loss=loss, metrics=metrics)

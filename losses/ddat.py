@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 from distill.contracts import LossOutput, ModelOutputs, TeacherSignals
 from losses._reduce import (
+    LossInputError,
     check_pair,
     check_result,
     chunked,
@@ -150,46 +151,98 @@ class DDAT(nn.Module):
         entropy = teacher_entropy(teacher, self.chunk_size)
         t_mask = teacher.mask.to(entropy.device)
         nt = student.num_tokens
+        if student.is_fused:
+            return self._fused(student, teacher, entropy, t_mask)
         ce_tok = token_cross_entropy(
             student.logits, student.token_ids, student.mask, self.chunk_size
         )
         if self.mode == "batch_ema":
-            stats, h_batch = self._batch_entropy(entropy, t_mask)
-            if self.training:  # folded into the EMA by `on_step`, once per optimizer step
-                self.window.add_(stats.to(self.window.device))
-            # alpha follows the EMA of the steps before this one; before the first optimizer
+            # the window is folded into the EMA by `on_step`, once per optimizer step; alpha
+            # follows the EMA of the steps before this one; before the first optimizer
             # step there is none, and this micro-batch's own entropy stands in
-            h_first = (
-                h_batch
-                if self.initial_entropy is None
-                else torch.full_like(h_batch, self.initial_entropy)
-            )
-            h = torch.where(self.started, self.entropy_ema, h_first)
-            alpha = self.base + torch.sigmoid(h - self.center) * (self.max - self.base)
+            alpha, h, h_batch = self._batch_alpha(entropy, t_mask)
             ce = masked_mean(ce_tok, student.mask, nt)
             kd_out = self.kd.divergence(student, teacher)
             alpha_t = alpha.to(ce.dtype)
             loss = (1 - alpha_t) * ce + alpha_t * kd_out.loss
-            metrics = {"alpha": float(alpha), "entropy": float(h), "entropy_batch": float(h_batch)}
+            metrics = {
+                "alpha": alpha.detach(),
+                "entropy": h.detach(),
+                "entropy_batch": h_batch.detach(),
+            }
         else:
             kd_tok, _ = self.kd.token_divergence(student, teacher)
             h_tok, h_mask = self._student_aligned(entropy, t_mask, student, teacher)
-            norm = math.log(max(int(teacher.vocab_size), 2))
-            alpha_tok = self.base + (self.max - self.base) * (h_tok / norm).clamp(0, 1)
-            alpha_tok = torch.where(h_mask, alpha_tok, torch.full_like(alpha_tok, self.base)).to(
-                ce_tok.dtype
-            )
+            alpha_tok = self._token_alpha(h_tok, h_mask, teacher).to(ce_tok.dtype)
             loss = masked_mean((1 - alpha_tok) * ce_tok + alpha_tok * kd_tok, student.mask, nt)
             ce = masked_mean(ce_tok, student.mask, nt)
             kd_out = LossOutput(loss=masked_mean(kd_tok, student.mask, nt))
             metrics = {
-                "alpha": float(masked_mean(alpha_tok.detach(), student.mask)),
-                "entropy": float(masked_mean(h_tok, h_mask)),
+                "alpha": masked_mean(alpha_tok.detach(), student.mask),
+                "entropy": masked_mean(h_tok.detach(), h_mask),
             }
         check_result("DDAT loss", loss)
         metrics.update({"ce": ce.detach(), "kd": kd_out.loss.detach(), "loss": loss.detach()})
         metrics.update({f"kd/{k}": v for k, v in kd_out.metrics.items() if k != "loss"})
         return LossOutput(loss=loss, metrics=metrics)
+
+    def _batch_alpha(self, entropy: Tensor, t_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Batch-EMA mode: (alpha, h, this micro-batch's h); adds the batch to the window."""
+        stats, h_batch = self._batch_entropy(entropy, t_mask)
+        if self.training:
+            self.window.add_(stats.to(self.window.device))
+        h_first = (
+            h_batch
+            if self.initial_entropy is None
+            else torch.full_like(h_batch, self.initial_entropy)
+        )
+        h = torch.where(self.started, self.entropy_ema, h_first)
+        return self.base + torch.sigmoid(h - self.center) * (self.max - self.base), h, h_batch
+
+    def _fused(self, student, teacher, entropy: Tensor, t_mask: Tensor) -> LossOutput:
+        """A fused student (hidden states and head): one chunked pass of the kd's
+        `fused_loss` with the alphas as weights, the same loss as the materialised path."""
+        if not hasattr(self.kd, "fused_loss"):
+            raise LossInputError(
+                f"DDAT over {type(self.kd).__name__} needs the student's logits; with "
+                "train.fused_head: true only DDAT over TokenKL runs fused"
+            )
+        dtype = upcast(student.llm_hidden[:, :0]).dtype
+        if self.mode == "batch_ema":
+            alpha, h, h_batch = self._batch_alpha(entropy, t_mask)
+            a = alpha.to(dtype).detach()
+            metrics = {"alpha": alpha.detach(), "entropy": h.detach(), "entropy_batch": h_batch}
+        else:
+            h_tok, h_mask = self._student_aligned(entropy, t_mask, student, teacher)
+            a = self._token_alpha(h_tok, h_mask, teacher).to(dtype).detach()
+            metrics = {
+                "alpha": masked_mean(a, student.mask),
+                "entropy": masked_mean(h_tok.detach(), h_mask),
+            }
+        per_token = self.mode == "per_token"
+        loss, terms = self.kd.fused_loss(
+            student, teacher, ce_scale=1 - a, kd_scale=a, per_token=per_token
+        )
+        check_result("DDAT loss", loss)
+        nt = student.num_tokens
+        if per_token:
+            kd = masked_mean(terms["kd"] + terms["bridge_ce"], student.mask, nt)
+        else:
+            kd = masked_mean(terms["kd"], terms["kd_mask"], nt)
+            kd = kd + masked_mean(terms["bridge_ce"], student.mask, nt)
+        metrics.update(
+            {
+                "ce": masked_mean(terms["ce"], student.mask, nt),
+                "kd": kd,
+                "loss": loss.detach(),
+            }
+        )
+        return LossOutput(loss=loss, metrics=metrics)
+
+    def _token_alpha(self, h_tok: Tensor, h_mask: Tensor, teacher: TeacherSignals) -> Tensor:
+        norm = math.log(max(int(teacher.vocab_size), 2))
+        alpha = self.base + (self.max - self.base) * (h_tok / norm).clamp(0, 1)
+        return torch.where(h_mask, alpha, torch.full_like(alpha, self.base))
 
     def _student_aligned(
         self, entropy: Tensor, t_mask: Tensor, student: ModelOutputs, teacher: TeacherSignals

@@ -45,6 +45,7 @@ from losses._reduce import (
     finish_with_ce,
     masked_mean,
     require_logits,
+    require_student_logits,
     upcast,
 )
 from losses.sinkhorn import l1_cost, sinkhorn
@@ -115,6 +116,7 @@ class MultiLevelOT(nn.Module):
             raise LossInputError(
                 "MultiLevelOT needs dense teacher logits (std scaling uses the full vocabulary)"
             )
+        require_student_logits(student, type(self).__name__)
         check_finite("student.logits", student.logits)
         check_finite("teacher.logits", teacher.logits)
         q_s, ce = sorted_topk_probs(
@@ -217,6 +219,7 @@ class ULD(nn.Module):
         require_logits(teacher, "ULD")
         if teacher.is_sparse:
             raise LossInputError("ULD needs dense teacher logits (it sorts the full distribution)")
+        require_student_logits(student, type(self).__name__)
         check_finite("student.logits", student.logits)
         check_finite("teacher.logits", teacher.logits)
         n, m = student.mask.shape[1], teacher.mask.shape[1]

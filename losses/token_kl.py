@@ -43,12 +43,16 @@ import torch
 from torch import Tensor, nn
 
 from distill.contracts import LossOutput, ModelOutputs, TeacherSignals
-from losses._fused_kl import FusedForwardKL
+from losses._fused_head import linear_terms
+from losses._fused_kl import FusedForwardKL, forward_kl_ce_grad
 from losses._reduce import (
     LossInputError,
     check_finite,
     check_pair,
+    check_result,
+    checks_enabled,
     chunked,
+    denominator,
     finish_with_ce,
     masked_mean,
     require_logits,
@@ -249,11 +253,16 @@ class TokenKL(nn.Module):
         joint = torch.cat([vals / T, tail_logit / T + log_rest], dim=-1)
         return joint - torch.logsumexp(joint, dim=-1, keepdim=True)
 
-    def _terms(self, student: ModelOutputs, teacher: TeacherSignals) -> dict[str, Tensor]:
-        """Per-token kd [b, n] (weighted, T^2-scaled), ce [b, n], bridge_ce [b, n], kd_mask [b, n]."""
+    def _prepare(self, student: ModelOutputs, teacher: TeacherSignals):
+        """The teacher rows each student position reads, the KD mask and the chunks' plan.
+
+        Returns (kd_mask [b, n], (t_a, t_b, t_c, t_index), plan): everything but the
+        student's logits, so the fused path (`fused_loss`) and the materialised path share it.
+        """
         require_logits(teacher, type(self).__name__)
         check_pair(student, teacher, type(self).__name__)
-        check_finite("student.logits", student.logits)
+        if not student.is_fused:
+            check_finite("student.logits", student.logits)
         check_finite(
             "teacher.logits" if teacher.logits is not None else "teacher.topk_values",
             teacher.logits if teacher.logits is not None else teacher.topk_values,
@@ -291,7 +300,7 @@ class TokenKL(nn.Module):
             t_index, kd_mask = align_positions(
                 student.offsets, student.mask, teacher.offsets, teacher.mask, self.alignment
             )
-            dev = student.logits.device
+            dev = student.mask.device
             if self.cross_tokenizer == "shared_vocab":
                 sv_ids, tv_ids = (
                     i.to(dev) for i in shared_vocab(student.tokenizer, teacher.tokenizer)
@@ -313,13 +322,24 @@ class TokenKL(nn.Module):
             )
             if mode.startswith("bridge"):
                 mode = "bridge"
-        fused = (
-            mode == "same_dense"
+        plan = _Plan(mode, t_dense, sv_ids, tv_ids, lookup, int(teacher.vocab_size))
+        return kd_mask, (t_a, t_b, t_c, t_index), plan
+
+    def _terms(self, student: ModelOutputs, teacher: TeacherSignals) -> dict[str, Tensor]:
+        """Per-token kd [b, n] (weighted, T^2-scaled), ce [b, n], bridge_ce [b, n], kd_mask [b, n]."""
+        if student.is_fused:
+            raise LossInputError(
+                "TokenKL.token_divergence needs the student's logits; a fused student "
+                "(train.fused_head: true) goes through TokenKL.fused_loss"
+            )
+        kd_mask, (t_a, t_b, t_c, t_index), plan = self._prepare(student, teacher)
+        closed_form = (
+            plan.mode == "same_dense"
             and self.kind == "forward"
             and self.chunk_size is not None
             and t_a.shape[-1] == student.logits.shape[-1]
         )
-        if fused:  # closed-form backward, no recomputation (see losses._fused_kl)
+        if closed_form:  # closed-form backward, no recomputation (see losses._fused_kl)
             kd, ce = FusedForwardKL.apply(
                 student.logits, t_a, student.token_ids, self.temperature, self.chunk_size
             )
@@ -330,10 +350,7 @@ class TokenKL(nn.Module):
                 self._chunk,
                 (student.logits, student.token_ids, student.mask, t_a, t_b, t_c, t_index),
                 chunk_size=self.chunk_size,
-                fixed=(
-                    _Plan(mode, t_dense, sv_ids, tv_ids, lookup, int(teacher.vocab_size)),
-                    self.bridge,
-                ),  # fmt: skip
+                fixed=(plan, self.bridge),
             )
         kd = torch.where(kd_mask, kd, kd.new_zeros(())) * (self.kd_weight * self.temperature**2)
         return {
@@ -342,6 +359,84 @@ class TokenKL(nn.Module):
             "bridge_ce": bridge_ce * self.bridge_ce_weight,
             "kd_mask": kd_mask,
         }
+
+    def fused_loss(
+        self,
+        student: ModelOutputs,
+        teacher: TeacherSignals,
+        ce_scale: Tensor | float,
+        kd_scale: Tensor | float = 1.0,
+        per_token: bool = False,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """The loss of a fused student (hidden states and head, no logits), chunk by chunk.
+
+            loss = sum_i ce_scale_i ce_i / N + sum_i kd_scale_i kd_i / N_kd
+                   + sum_i kd_scale_i bridge_ce_i / N
+
+        with kd_i the weighted, T^2-scaled divergence (0 off the KD mask), N the shared
+        denominator (`num_tokens`, else the answer mask's count) and N_kd the same with the
+        KD mask's count (as `divergence` averages), or N when `per_token` (as a mean of
+        `token_divergence` over the answer mask, DDAT's per-token mode). `forward` is
+        ce_scale = ce_weight, kd_scale = 1; DDAT passes its (detached) alphas.
+        `losses._fused_head` computes it without [b, n, v]. Returns the loss and the
+        detached per-token terms.
+        """
+        kd_mask, (t_a, t_b, t_c, t_index), plan = self._prepare(student, teacher)
+        mask = student.mask
+        dtype = upcast(student.llm_hidden[:, :0]).dtype  # the weights at the loss's precision
+        den = denominator(mask, student.num_tokens)
+        den_kd = den if per_token else denominator(kd_mask, student.num_tokens)
+        m, kd_m = mask.to(dtype), kd_mask.to(dtype)
+        kd_w = kd_m * (kd_scale * (self.kd_weight * self.temperature**2)) / den_kd
+        ce_w = m * ce_scale / den
+        br_w = None if self.bridge is None else m * (kd_scale * self.bridge_ce_weight) / den
+        grad_fn = None
+        if (
+            plan.mode == "same_dense"
+            and self.kind == "forward"
+            and t_a.shape[-1] == student.vocab_size
+        ):  # the common case in closed form (losses._fused_kl)
+            T = self.temperature
+
+            def grad_fn(logits, w, targets, _mask, t_rows, *_):
+                (kd, ce), g = forward_kl_ce_grad(logits, w, targets, t_rows, T)
+                return (kd, ce, torch.zeros_like(kd)), g
+
+        loss, (kd, ce, bridge_ce) = linear_terms(
+            self._chunk,
+            student.llm_hidden,
+            student.head,
+            (student.token_ids, mask, t_a, t_b, t_c, t_index),
+            (kd_w, ce_w, br_w),
+            chunk_size=self.chunk_size,
+            fixed=(plan, self.bridge),
+            grad_fn=grad_fn,
+        )
+        ce = torch.where(mask, ce, ce.new_zeros(()))
+        zero = kd.new_zeros(())
+        kd = torch.where(kd_mask, kd, zero) * (self.kd_weight * self.temperature**2)
+        terms = {
+            "kd": kd,
+            "ce": ce,
+            "bridge_ce": torch.where(mask, bridge_ce, zero) * self.bridge_ce_weight,
+            "kd_mask": kd_mask,
+        }
+        return loss, terms
+
+    def _fused_output(self, student, teacher, with_ce: bool) -> LossOutput:
+        loss, terms = self.fused_loss(student, teacher, self.ce_weight if with_ce else 0.0)
+        nt = student.num_tokens
+        metrics = {
+            "kd": masked_mean(terms["kd"], terms["kd_mask"], nt),
+            "aligned": terms["kd_mask"].float().sum() / student.mask.sum().clamp_min(1),
+        }
+        if self.bridge is not None:
+            metrics["bridge_ce"] = masked_mean(terms["bridge_ce"], student.mask, nt)
+        if with_ce:
+            metrics["ce"] = masked_mean(terms["ce"], student.mask, nt)
+        check_result("TokenKL loss", loss)
+        metrics["loss"] = loss.detach()
+        return LossOutput(loss=loss, metrics=metrics)
 
     # ----------------------------------------------------------------------- public API
     def token_divergence(
@@ -353,15 +448,19 @@ class TokenKL(nn.Module):
 
     def divergence(self, student: ModelOutputs, teacher: TeacherSignals) -> LossOutput:
         """The KD term alone (no CE): what `DDAT` mixes with its own CE."""
+        if student.is_fused:
+            return self._fused_output(student, teacher, with_ce=False)
         out = self._reduce(self._terms(student, teacher), student, with_ce=False)
         return out
 
     def forward(self, student: ModelOutputs, teacher: TeacherSignals) -> LossOutput:
+        if student.is_fused:
+            return self._fused_output(student, teacher, with_ce=True)
         return self._reduce(self._terms(student, teacher), student, with_ce=True)
 
     def _reduce(self, terms: dict[str, Tensor], student: ModelOutputs, with_ce: bool) -> LossOutput:
         nt = student.num_tokens
-        if self.kd_weight != 0 and bool(student.mask.any()):
+        if self.kd_weight != 0 and checks_enabled() and bool(student.mask.any()):
             # answer tokens exist but none pairs with the teacher: a tokenization/alignment bug
             require_tokens(terms["kd_mask"], "TokenKL", "answer tokens aligned with the teacher")
         kd = masked_mean(terms["kd"], terms["kd_mask"], nt)

@@ -34,6 +34,8 @@ class AudioLLMTeacher:
             False when no loss reads teacher logits (`needs_teacher_logits`).
     """
 
+    live = True  # runs the model: can score any text (on-policy KD)
+
     def __init__(
         self,
         path: str | None = None,

@@ -25,6 +25,8 @@ class CachedTeacher:
         verify: re-hash all shards at start (cheap next to training; catches corruption).
     """
 
+    live = False  # replays stored signals: cannot score new text (on-policy KD)
+
     def __init__(self, cache_dir: str, *, verify: bool = True):
         self.root = Path(cache_dir)
         self.index = (

@@ -10,14 +10,22 @@ micro-batches, all processes) before the first backward and hands each loss
 `num_tokens = global_tokens / (grad_accum * processes)`. Accelerate divides each
 micro-batch loss by `grad_accum` and DDP averages over processes, so the gradient is
 exactly that of the token mean over the full global batch.
+
+Host syncs: nothing on the hot path reads a tensor's value (which on a GPU waits for the
+device). The token count is a host number (or, over processes, a reduced tensor the losses
+divide by), the losses' value-reading input checks are off (`train.debug_checks`), metrics
+stay tensors, and the engine fetches them in one `tolist()` on "fetch" steps only: logging,
+validation and checkpoint steps, and the last. There it also checks that every logged value
+is finite. `distill bench train` counts the syncs of a non-fetch step (goal 0).
 """
 
 from __future__ import annotations
 
+import inspect
 import json
+import math
 import signal
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +33,11 @@ import torch
 from torch import nn
 
 from distill._instantiate import instantiate
+from distill.checks import debug_checks
 from distill.contracts import AudioBatch, LossOutput
 from distill.engine import checkpoint as ckpt
 from distill.engine.data import build_train_stream, build_valid_loader, resolve_synth
+from distill.engine.on_policy import OnPolicy, require_live_teacher, sample_answers
 from distill.engine.optim import build_optimizer, build_scheduler, param_groups
 from distill.engine.utils import (
     answer_token_count,
@@ -52,18 +62,39 @@ def advance_losses(loss: nn.Module, step: int) -> None:
             hook(step)
 
 
-class DistillStep(nn.Module):
-    """Student and loss in one module, so DDP/FSDP wrap and synchronise both."""
+class NonFiniteTrainingError(FloatingPointError):
+    """A logged loss term is NaN or infinite."""
 
-    def __init__(self, student: nn.Module, loss: nn.Module, hidden: tuple[str, ...]):
+
+class DistillStep(nn.Module):
+    """Student and loss in one module, so DDP/FSDP wrap and synchronise both.
+
+    Every forward goes through the prepared (wrapped) module, validation too
+    (`evaluate=True`: the student's CE sum, correct tokens and token count), so a sharded
+    student gathers its parameters the same way in both.
+    """
+
+    def __init__(
+        self, student: nn.Module, loss: nn.Module, hidden: tuple[str, ...], fused: bool = False
+    ):
         super().__init__()
         self.student = student
         self.loss = loss
         self.hidden = hidden
+        self.fused = fused  # train.fused_head: hidden states and head instead of logits
 
-    def forward(self, batch: AudioBatch, signals, num_tokens: float | None):
-        outputs = self.student(batch, hidden=self.hidden)
+    def forward(
+        self, batch: AudioBatch, signals, num_tokens: float | torch.Tensor | None,
+        evaluate: bool = False,
+    ):  # fmt: skip
+        if evaluate:
+            return token_accuracy(self.student(batch))
+        if self.fused:
+            outputs = self.student(batch, hidden=self.hidden, head=True)
+        else:
+            outputs = self.student(batch, hidden=self.hidden)
         outputs.num_tokens = num_tokens
+        outputs.sampled = bool(getattr(batch, "sampled", False))  # on-policy answers
         result = self.loss(outputs, signals)
         if not isinstance(result, LossOutput):
             raise TypeError(
@@ -119,7 +150,27 @@ class Trainer:
         groups = param_groups(
             named, lr=o.lr, weight_decay=o.weight_decay, lr_multipliers=o.lr_multipliers
         )
-        self.step_module = DistillStep(self.student, self.loss, self.hidden)
+        fused = self.recipe.train.fused_head
+        if fused and "head" not in inspect.signature(self.student.forward).parameters:
+            raise ValueError(
+                f"train.fused_head: true needs a student whose forward takes head=True; "
+                f"{type(self.student).__name__} does not"
+            )
+        self.step_module = DistillStep(self.student, self.loss, self.hidden, fused)
+        t = recipe.train
+        self.on_policy = OnPolicy(
+            t.on_policy_lmbda,
+            t.on_policy_max_new_tokens,
+            t.on_policy_temperature,
+            t.on_policy_top_p,
+        )
+        if self.on_policy.enabled:
+            require_live_teacher(self.teacher)
+            if not hasattr(self.student, "generate"):
+                raise ValueError(
+                    f"train.on_policy_lmbda > 0 needs a student that can generate; "
+                    f"{type(self.student).__name__} has no generate()"
+                )
         optimizer = build_optimizer(groups, betas=o.betas, eps=o.eps)
         self.step_module, self.optimizer = acc.prepare(self.step_module, optimizer)
         self.scheduler = build_scheduler(
@@ -144,13 +195,19 @@ class Trainer:
 
     # ---- state ------------------------------------------------------------------------
     def _tensors(self) -> dict[str, torch.Tensor]:
-        student = self.accelerator.unwrap_model(self.step_module).student
-        if hasattr(student, "trainable_state_dict"):
-            tensors = {f"student.{k}": v for k, v in student.trainable_state_dict().items()}
-        else:
-            tensors = {f"student.{k}": v for k, v in student.state_dict().items()}
-        tensors.update({f"loss.{k}": v for k, v in self.loss.state_dict().items()})
-        return tensors
+        """What a checkpoint keeps: the student's trainable state and the loss's state.
+
+        Read through `accelerator.get_state_dict`, which every process calls: a sharded
+        (FSDP, ZeRO-3) model is gathered whole there. The keys are DistillStep's:
+        `student.*` and `loss.*`.
+        """
+        acc = self.accelerator
+        full = acc.get_state_dict(self.step_module)
+        student = acc.unwrap_model(self.step_module).student
+        frozen = {f"student.{n}" for n, p in student.named_parameters() if not p.requires_grad}
+        if not hasattr(student, "trainable_state_dict"):
+            frozen = set()
+        return {k: v for k, v in (full or {}).items() if k not in frozen}
 
     def save(self) -> Path:
         acc = self.accelerator
@@ -277,26 +334,29 @@ class Trainer:
         run_start, run_items = time.perf_counter(), 0  # for the progress bar's throughput
         while self.step < r.optim.max_steps:
             batches = [self.stream.next(self.step) for _ in range(grad_accum)]
-            record = self.train_step(batches)
+            fetch = self._is_fetch_step(self.step + 1) or (world == 1 and self._stop)
+            record = self.train_step(batches, fetch=fetch)
             window_items += sum(len(b) for b in batches)
             run_items += sum(len(b) for b in batches) * world
-            if (
-                self.step % r.train.log_every == 0
-                or self.step == 1
-                or self.step == r.optim.max_steps
-            ):
-                elapsed = time.perf_counter() - window_start
-                record["items_per_s"] = window_items * world / max(elapsed, 1e-9)
-                window_start, window_items = time.perf_counter(), 0
-                self._log(record)
             bar.update(1)
-            bar.set_postfix(self._postfix(record, run_items, run_start), refresh=False)
-            last = record
+            if record is not None:
+                if self._is_log_step(self.step):
+                    elapsed = time.perf_counter() - window_start
+                    record["items_per_s"] = window_items * world / max(elapsed, 1e-9)
+                    window_start, window_items = time.perf_counter(), 0
+                    self._log(record)
+                bar.set_postfix(self._postfix(record, run_items, run_start), refresh=False)
+                last = record
             if r.train.eval_every and self.step % r.train.eval_every == 0:
                 self._log({"step": self.step, **self.validate()})
+            # one process: the SIGTERM flag is a host bool, read every step; several: they
+            # agree on it (a collective and a wait) on fetch steps only
             stop = self._stop
             if world > 1:
-                stop = bool(acc.reduce(torch.tensor(float(stop), device=acc.device), "sum").item())
+                stop = False
+                if fetch:
+                    flag = torch.tensor(float(self._stop), device=acc.device)
+                    stop = bool(acc.reduce(flag, "sum").item())
             if stop or self.step % r.train.save_every == 0 or self.step == r.optim.max_steps:
                 self.save()
             if stop:
@@ -311,6 +371,19 @@ class Trainer:
         self._save_final()
         return {"step": self.step, "last": last, "output_dir": str(self.out)}
 
+    def _is_log_step(self, step: int) -> bool:
+        t = self.recipe.train
+        return step % t.log_every == 0 or step == 1 or step == self.recipe.optim.max_steps
+
+    def _is_fetch_step(self, step: int) -> bool:
+        """Whether optimizer step `step` (1-based) reads its metrics back from the device."""
+        t = self.recipe.train
+        return (
+            self._is_log_step(step)
+            or step % t.save_every == 0
+            or bool(t.eval_every and step % t.eval_every == 0)
+        )
+
     @staticmethod
     def _postfix(record: dict[str, Any], items: int, since: float) -> dict[str, str]:
         """Progress-bar fields: loss, up to three loss terms, lr and items per second."""
@@ -322,28 +395,49 @@ class Trainer:
         out["it/s"] = f"{items / max(time.perf_counter() - since, 1e-9):.1f}"
         return out
 
-    def train_step(self, batches: list[AudioBatch]) -> dict[str, Any]:
-        """One optimizer step over `grad_accum` micro-batches; returns the log record."""
+    def train_step(self, batches: list[AudioBatch], fetch: bool = True) -> dict[str, Any] | None:
+        """One optimizer step over `grad_accum` micro-batches.
+
+        Returns the log record (metrics averaged over micro-batches and processes, checked
+        finite) when `fetch`, else None: a non-fetch step never reads a tensor's value.
+        """
         acc, r = self.accelerator, self.recipe
         grad_accum, world = len(batches), acc.num_processes
+        if grad_accum != acc.gradient_accumulation_steps:
+            raise ValueError(
+                f"train_step got {grad_accum} micro-batches; optim.grad_accum is "
+                f"{acc.gradient_accumulation_steps}"
+            )
         student = acc.unwrap_model(self.step_module).student
-        local = sum(answer_token_count(student, b) or 0 for b in batches)
-        num_tokens = None
-        if local:
-            total = acc.reduce(torch.tensor(float(local), device=acc.device), "sum").item()
+        sampled = 0
+        if self.on_policy.enabled:  # the student answers some micro-batches itself (GKD)
+            batches = list(batches)
+            for i, b in enumerate(batches):
+                if self.on_policy.draws(r.seed, self.step, i):
+                    batches[i] = sample_answers(student, b.to(acc.device), self.on_policy)
+                    sampled += 1
+        local = sum(answer_token_count(student, b) or 0 for b in batches)  # host ints
+        num_tokens: float | torch.Tensor | None = None
+        if world == 1:
+            num_tokens = local / grad_accum if local else None
+        elif hasattr(student, "count_answer_tokens"):  # the same on every process
+            # a collective, not a wait: the losses divide by the reduced tensor
+            total = acc.reduce(torch.tensor(float(local), device=acc.device), "sum")
             num_tokens = total / (grad_accum * world)
-        loss_sum, metric_sums = 0.0, {}
-        for i, batch in enumerate(batches):
-            batch = batch.to(acc.device)
-            sync = i == grad_accum - 1
-            ctx = nullcontext() if sync or world == 1 else acc.no_sync(self.step_module)
-            with ctx:
-                signals = self._signals(batch)
-                loss, metrics = self.step_module(batch, signals, num_tokens)
-                acc.backward(loss)
-            loss_sum += float(loss.detach())
-            for k, v in metrics.items():
-                metric_sums[k] = metric_sums.get(k, 0.0) + float(v)
+        loss_sum, metric_sums = None, {}
+        with debug_checks(r.train.debug_checks):
+            for batch in batches:
+                batch = batch.to(acc.device)
+                # Accelerate skips the gradient all-reduce until the last micro-batch
+                with acc.accumulate(self.step_module):
+                    signals = self._signals(batch)
+                    loss, metrics = self.step_module(batch, signals, num_tokens)
+                    acc.backward(loss)
+                loss = loss.detach()
+                loss_sum = loss if loss_sum is None else loss_sum + loss
+                for k, v in metrics.items():
+                    metric_sums[k] = v if k not in metric_sums else metric_sums[k] + v
+        packed = self._pack(loss_sum, metric_sums) if fetch else None
         grad_norm = None
         if r.optim.clip_grad_norm:
             grad_norm = acc.clip_grad_norm_(self.step_module.parameters(), r.optim.clip_grad_norm)
@@ -352,16 +446,36 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         advance_losses(self.loss, self.step)
+        if packed is None:
+            return None
+        names, values = packed
         # every term is normalised by the global token count, so the mean over
         # processes of each process's micro-batch average is the global value
-        names = sorted(k for k in metric_sums if k != "loss")
-        values = torch.tensor([loss_sum] + [metric_sums[k] for k in names], device=acc.device)
-        values = (acc.reduce(values, "mean") / grad_accum).tolist()
+        values = (acc.reduce(values, "mean") / grad_accum).tolist()  # the one wait
         record = {"step": self.step, "loss": values[0], "lr": self.scheduler.get_last_lr()[0]}
         record.update(dict(zip(names, values[1:])))
+        bad = [k for k, v in record.items() if isinstance(v, float) and not math.isfinite(v)]
+        if bad:
+            raise NonFiniteTrainingError(
+                f"step {self.step}: {', '.join(bad)} not finite; the checkpoints before this "
+                "step are intact. Rerun from the last one with train.debug_checks: true to "
+                "find the input that went wrong"
+            )
         if grad_norm is not None:
             record["grad_norm"] = float(grad_norm)
+        if self.on_policy.enabled:
+            record["on_policy"] = sampled / grad_accum  # this step's sampled fraction
         return record
+
+    def _pack(self, loss_sum, metric_sums: dict) -> tuple[list[str], torch.Tensor]:
+        """Metric names and one fp32 tensor of [loss, *metrics] on the device."""
+        device = self.accelerator.device
+        names = sorted(k for k in metric_sums if k != "loss")
+        parts = [loss_sum] + [metric_sums[k] for k in names]
+        values = torch.stack(
+            [torch.as_tensor(v, device=device).detach().float().reshape(()) for v in parts]
+        )
+        return names, values
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
@@ -369,16 +483,16 @@ class Trainer:
         if self.valid_loader is None:
             return {}
         acc = self.accelerator
-        student = acc.unwrap_model(self.step_module).student
-        student.eval()
+        self.step_module.eval()
         totals = torch.zeros(3, device=acc.device)  # ce sum, correct, tokens
         for i, batch in enumerate(self.valid_loader):
             if i >= self.recipe.train.eval_batches:
                 break
-            out = student(batch.to(acc.device))
-            ce_sum, correct, count = token_accuracy(out)
+            ce_sum, correct, count = self.step_module(
+                batch.to(acc.device), None, None, evaluate=True
+            )
             totals += torch.stack([ce_sum, correct, count]).to(totals)
-        student.train()
+        self.step_module.train()
         totals = acc.reduce(totals, "sum")
         n = max(float(totals[2]), 1.0)
         return {"valid/ce": float(totals[0]) / n, "valid/token_acc": float(totals[1]) / n}

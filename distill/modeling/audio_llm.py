@@ -401,7 +401,11 @@ class AudioLLM(nn.Module):
 
     # ---------------------------------------------------------------- forward
     def forward(
-        self, batch: AudioBatch, hidden: Collection[str] = (), logits: bool = True
+        self,
+        batch: AudioBatch,
+        hidden: Collection[str] = (),
+        logits: bool = True,
+        head: bool = False,
     ) -> ModelOutputs:
         """Teacher-forced pass; logits only on the answer span.
 
@@ -411,6 +415,9 @@ class AudioLLM(nn.Module):
             logits: False skips the LLM (unless "llm_hidden" is asked for): only the answer
                 tokens and the audio features come back, `logits` is None. A frozen
                 teacher whose losses match features only needs no more.
+            head: a fused pass: no logits; `llm_hidden` [b, n, d] and `head` (the LLM's
+                output head) come back instead, for the losses that compute logits chunk
+                by chunk and never hold [b, n, v] (`losses._fused_head`).
 
         Returns:
             `ModelOutputs` with logits [b, n, v] (row j predicts token_ids[:, j]), mask,
@@ -424,11 +431,18 @@ class AudioLLM(nn.Module):
         audio = inp["audio"]
         extra = {}
         scores = None
+        extra_head = None
+        if head:
+            hidden, logits = {*hidden, "llm_hidden"}, False
         if logits or "llm_hidden" in hidden:
             lm = base_causal_lm(self.llama_model)
+            # right padding under a causal mask: every pad key sits after every real query
+            # of its row, so the mask changes nothing at the positions read here (a test
+            # checks this bit for bit). Without it the LLM skips a check that reads the
+            # mask (a wait on the device) and SDPA may use its causal kernel.
             body = lm.get_decoder()(
                 inputs_embeds=inp["inputs_embeds"],
-                attention_mask=inp["attention_mask"],
+                attention_mask=None,
                 use_cache=False,
             ).last_hidden_state  # [b, N, d]
             pred_pos = (inp["answer_pos"] - 1).clamp(min=0)  # position i predicts token i + 1
@@ -437,6 +451,8 @@ class AudioLLM(nn.Module):
                 scores = lm.get_output_embeddings()(h)  # [b, n, v]
             if "llm_hidden" in hidden:
                 extra["llm_hidden"] = h  # [b, n, d]
+            if head:
+                extra_head = lm.get_output_embeddings()
         if "qformer" in hidden:
             extra.update(qformer=audio["qformer"], qformer_mask=audio["mask"])
         if "speech" in hidden:
@@ -445,6 +461,7 @@ class AudioLLM(nn.Module):
             extra["audio"] = audio["audio"]
         return ModelOutputs(
             logits=scores,
+            head=extra_head,
             mask=mask,
             token_ids=inp["answer_ids"].masked_fill(~mask, 0),
             offsets=inp["offsets"],

@@ -15,4 +15,5 @@ def test_bench_train_prints_its_rows(tmp_path, capsys):
         assert row in out
     syncs = re.findall(r"host syncs per step, (\S+)\s+(\d+)\s+goal 0", out)
     assert [name for name, _ in syncs] == ["CE", "KD-cache"]
-    assert all(int(n) >= 0 for _, n in syncs)
+    assert [int(n) for _, n in syncs] == [0, 0]  # outside logging steps
+    assert re.findall(r"a logging step: (\d+)", out) == ["2", "2"]

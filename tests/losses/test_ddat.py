@@ -48,7 +48,7 @@ def test_matches_naive_mix_and_ema_buffers():
     h = naive_entropy(t)
     alpha = 0.2 + 0.2 / (1 + math.exp(-(h - 2.0)))
     ce = TokenKL(kd_weight=0.0)(s, t).metrics["ce"]
-    want = (1 - alpha) * ce + alpha * kd.divergence(s, t).metrics["loss"]
+    want = float((1 - alpha) * ce + alpha * kd.divergence(s, t).metrics["loss"])
     assert out.metrics["loss"] == pytest.approx(want, abs=1e-10)
     assert not bool(loss.started)  # the EMA moves once per optimizer step, in on_step
     loss.on_step(1)

@@ -103,8 +103,8 @@ def test_hand_value_single_token_ot_equals_l1():
     """With one token per side the plan is 1, so OT = L1 and kd = 1.5 (L1 + 0.1 LOG + 0.1 L1)."""
     s, t = make_pair(b=1, n=1, v=6, seed=3, lengths=[1])
     out = MultiLevelOT(topk=3, ce_weight=0.0)(s, t)
-    assert out.metrics["ot"] == pytest.approx(out.metrics["l1"], abs=1e-12)
-    want = 1.5 * (1.1 * out.metrics["l1"] + 0.1 * out.metrics["log"])
+    assert out.metrics["ot"] == pytest.approx(float(out.metrics["l1"]), abs=1e-12)
+    want = 1.5 * (1.1 * float(out.metrics["l1"]) + 0.1 * float(out.metrics["log"]))
     assert out.metrics["loss"] == pytest.approx(want, abs=1e-12)
 
 

@@ -10,6 +10,7 @@ import torch
 from distill.contracts import AudioBatch, ContractError, ModelOutputs
 from distill.modeling.audio_llm import AudioLLM
 from distill.modeling.config import AudioLLMConfig
+from distill.modeling.llm import base_causal_lm
 from distill.modeling.tiny import build_tiny, tiny_config
 
 from .conftest import ASR, make_batch
@@ -54,6 +55,70 @@ def test_answer_logits_equal_the_full_lm_logits(teacher, batch):
         pos = inp["answer_pos"][i, :k] - 1
         torch.testing.assert_close(out.logits[i, :k], full[i, pos])
         assert full[i, pos].argmax(-1).shape == (k,)
+
+
+@pytest.mark.parametrize("which", ["student", "teacher"])
+def test_forward_without_the_padding_mask_is_bit_identical(which, request):
+    """forward() hands the LLM no attention mask: with right padding under a causal mask
+    every pad key follows every real query, so the answer logits equal, bit for bit, those of
+    a pass given the padding mask (and the LLM skips a check that waits on the device)."""
+    model = request.getfixturevalue(which).eval()
+    batch = make_batch(answers=("the dog barks at the cat", "a cat"))
+    out = model(batch, hidden=("llm_hidden",))
+    inp = model.prepare_inputs(batch, with_answer=True)
+    assert not bool(inp["attention_mask"].all())  # the batch is padded
+    lm = base_causal_lm(model.llama_model)
+    body = lm.get_decoder()(
+        inputs_embeds=inp["inputs_embeds"], attention_mask=inp["attention_mask"], use_cache=False
+    ).last_hidden_state
+    pos = (inp["answer_pos"] - 1).clamp(min=0)
+    h = torch.gather(body, 1, pos[..., None].expand(-1, -1, body.shape[-1]))
+    assert torch.equal(out.llm_hidden, h)
+    assert torch.equal(out.logits, lm.get_output_embeddings()(h))
+
+
+@pytest.mark.parametrize("loss_name", ["ce", "token_kl", "ddat"])
+def test_fused_head_gives_the_materialised_gradients(student, loss_name):
+    """forward(head=True) hands the loss llm_hidden and lm_head instead of logits; CE,
+    TokenKL and DDAT over TokenKL then give the materialised loss and the same gradient
+    on every trainable parameter (LoRA, Q-Former, projection, and the lm_head, unfrozen
+    here), to 1e-5 in fp32."""
+    from distill.contracts import TeacherSignals
+    from losses import CE, DDAT, TokenKL
+
+    student.eval()  # no dropout: the two passes must see the same network
+    lm = base_causal_lm(student.llama_model)
+    lm.get_output_embeddings().weight.requires_grad_(True)
+    batch = make_batch(answers=("the dog barks at the cat", "a cat"))
+    with torch.no_grad():
+        ref = student(batch)
+    g = torch.Generator().manual_seed(3)
+    teacher = TeacherSignals(
+        mask=ref.mask,
+        token_ids=ref.token_ids,
+        offsets=ref.offsets,
+        tokenizer=ref.tokenizer,
+        logits=torch.randn(ref.logits.shape, generator=g) * 2,
+    )
+    loss = {
+        "ce": CE(chunk_size=2),
+        "token_kl": TokenKL(temperature=2.0, chunk_size=2),
+        "ddat": DDAT(TokenKL(ce_weight=0.0, chunk_size=2), mode="per_token"),
+    }[loss_name]
+    params = [(n, p) for n, p in student.named_parameters() if p.requires_grad]
+    assert any("lora" in n for n, _ in params)
+    results = []
+    for head in (False, True):
+        student.zero_grad(set_to_none=True)
+        out = student(batch, head=head)
+        assert (out.logits is None) == head and (out.head is not None) == head
+        value = loss(out, teacher).loss
+        value.backward()
+        results.append((value.detach(), {n: p.grad.clone() for n, p in params}))
+    (want, want_g), (got, got_g) = results
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    for name, grad in want_g.items():
+        torch.testing.assert_close(got_g[name], grad, atol=1e-5, rtol=1e-4, msg=name)
 
 
 def test_item_alone_equals_item_in_batch(student):
