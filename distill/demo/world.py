@@ -125,12 +125,15 @@ def student_recipe(world: World, arm_name: str, seed: int):
         signals = {"_component_": "teachers.AudioLLMTeacher",
                    "path": str(world.teacher_dir / "model")}  # fmt: skip
     name = f"{arm_name}-s{seed}"
-    return make_recipe(
+    recipe = make_recipe(
         cfg, name, model=student, loss=with_aid(copy.deepcopy(a.loss), ctc_aid(student),
                                                 cfg.ctc_weight), train=train, paths=world.paths,
         steps=cfg.student_steps, lr=cfg.student_lr, seed=seed, teacher=signals,
         out_dir=world.students_dir / name,
     )  # fmt: skip
+    for key, value in a.train.items():  # e.g. the on-policy arm's sampling settings
+        setattr(recipe.train, key, value)
+    return recipe
 
 
 def run_student(world: World, arm_name: str, seed: int, timings: dict, split: str = "test") -> Path:
