@@ -18,7 +18,6 @@ missing shard. `verify_cache` re-hashes every shard and checks counts and ids.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -27,29 +26,11 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
+from distill._shards import CacheError, atomic_json, ids_sha, sha256_file  # noqa: F401
 from distill.contracts import TeacherSignals
-from distill.errors import DistillError
 
 CACHE_VERSION = 1
 HIDDEN_NAMES = ("llm_hidden", "qformer", "speech", "audio")
-
-
-class CacheError(DistillError, RuntimeError):
-    """The cache is missing, incomplete, corrupt, or does not match the request."""
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _atomic_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(".json.part")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
 
 
 def item_tensors(signals: TeacherSignals, i: int) -> dict[str, torch.Tensor]:
@@ -118,7 +99,7 @@ def build_cache(
         "topk": topk,
         "num_items": len(items),
         "shard_size": shard_size,
-        "ids_sha": _ids_sha(ids),
+        "ids_sha": ids_sha(ids),
     }
     if index is not None and any(index.get(k) != v for k, v in request.items()):
         raise CacheError(
@@ -136,7 +117,7 @@ def build_cache(
     done = {
         s["file"]
         for s in index["shards"]
-        if (out / s["file"]).is_file() and _sha256(out / s["file"]) == s["sha256"]
+        if (out / s["file"]).is_file() and sha256_file(out / s["file"]) == s["sha256"]
     }
     index["shards"] = [s for s in index["shards"] if s["file"] in done]
     num_shards = (len(items) + shard_size - 1) // shard_size
@@ -166,19 +147,15 @@ def build_cache(
         save_file(tensors, tmp)
         os.replace(tmp, out / name)
         index["shards"].append(
-            {"file": name, "ids": [it.id for it in chunk], "sha256": _sha256(out / name)}
+            {"file": name, "ids": [it.id for it in chunk], "sha256": sha256_file(out / name)}
         )
         index["shards"].sort(key=lambda s: s["file"])
-        _atomic_json(index_path, index)
+        atomic_json(index_path, index)
     bar.close()
     index["complete"] = True
-    _atomic_json(index_path, index)
+    atomic_json(index_path, index)
     verify_cache(out)
     return out
-
-
-def _ids_sha(ids: list[str]) -> str:
-    return hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
 
 
 def _remember_tokenizer(out: Path, index: dict, signals: TeacherSignals) -> None:
@@ -188,7 +165,7 @@ def _remember_tokenizer(out: Path, index: dict, signals: TeacherSignals) -> None
         index["hidden"] = [h for h in HIDDEN_NAMES if getattr(signals, h) is not None]
     if info is not None and "tokenizer" not in index:
         index["tokenizer"] = {"name": info.name, "fingerprint": info.fingerprint}
-        _atomic_json(out / "tokenizer_pieces.json", list(info.pieces))
+        atomic_json(out / "tokenizer_pieces.json", list(info.pieces))
 
 
 def verify_cache(cache_dir: str | Path) -> dict[str, Any]:
@@ -207,13 +184,13 @@ def verify_cache(cache_dir: str | Path) -> dict[str, Any]:
         raise CacheError(f"{root}: index lists {len(ids)} items, expected {index['num_items']}")
     if len(set(ids)) != len(ids):
         raise CacheError(f"{root}: duplicate ids in the index")
-    if _ids_sha(ids) != index["ids_sha"]:
+    if ids_sha(ids) != index["ids_sha"]:
         raise CacheError(f"{root}: item ids/order do not match the request recorded in index.json")
     for shard in index["shards"]:
         path = root / shard["file"]
         if not path.is_file():
             raise CacheError(f"{root}: shard {shard['file']} is missing")
-        if _sha256(path) != shard["sha256"]:
+        if sha256_file(path) != shard["sha256"]:
             raise CacheError(f"{root}: shard {shard['file']} is corrupt (checksum mismatch)")
     return index
 
@@ -233,6 +210,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hidden", nargs="*", default=[], choices=list(HIDDEN_NAMES))
     parser.add_argument("--device", default=None)
     parser.add_argument("--dtype", default="float32")
+    pl = parser.add_argument_group(
+        "pseudo-labels (sequence-level KD)",
+        "--pseudo-labels stores the teacher's decoded answers and their mean token "
+        "log-probability instead of logits (distill.pseudo), then writes "
+        "<out>/pseudo_labels.json: the answers that pass the filter (WER <= --max-wer "
+        "against an item's own text where it has one, log-prob >= --min-logprob where it "
+        "has none), with pseudo_labels.stats.json (kept, dropped, why). --data may be "
+        "audio-only manifests (no text).",
+    )
+    pl.add_argument("--pseudo-labels", action="store_true")
+    pl.add_argument("--decode", default="greedy", help="decode preset (greedy | salmonn)")
+    pl.add_argument("--max-new-tokens", type=int, default=None)
+    pl.add_argument("--max-wer", type=float, default=0.10, help="distil-whisper's 10 %% rule")
+    pl.add_argument("--min-logprob", type=float, default=None)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -259,6 +250,8 @@ def run(args: argparse.Namespace) -> int:
                 "device": args.device,
             }
         )
+    if getattr(args, "pseudo_labels", False):
+        return _run_pseudo(args, items, teacher)
     if hasattr(teacher, "hidden"):
         teacher.hidden = tuple(args.hidden)
     out = build_cache(
@@ -271,4 +264,35 @@ def run(args: argparse.Namespace) -> int:
         description=str(args.teacher),
     )
     print(f"cache written and verified: {out}")
+    return 0
+
+
+def _run_pseudo(args: argparse.Namespace, items: list, teacher) -> int:
+    from distill.pseudo import build_pseudo_cache, write_pseudo_labels
+
+    model = getattr(teacher, "model", teacher)
+    if not hasattr(model, "generate"):
+        raise SystemExit(
+            f"--pseudo-labels needs a teacher model that generates, got {type(model).__name__}"
+        )
+    out = build_pseudo_cache(
+        model,
+        items,
+        args.out,
+        decode=args.decode,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        shard_size=args.shard_size,
+        description=str(args.teacher),
+    )
+    manifest, stats = write_pseudo_labels(
+        items, out, Path(args.out) / "pseudo_labels.json", max_wer=args.max_wer,
+        min_logprob=args.min_logprob,
+    )  # fmt: skip
+    print(
+        f"pseudo-labels cached and verified: {out}; kept {stats.kept}/{stats.items} "
+        f"(dropped: {stats.dropped_empty} empty, {stats.dropped_wer} over WER "
+        f"{args.max_wer:.0%}, {stats.dropped_logprob} under log-prob {args.min_logprob}) -> "
+        f"{manifest}"
+    )
     return 0

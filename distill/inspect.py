@@ -310,6 +310,65 @@ def format_compare(t: ModelSummary, s: ModelSummary) -> str:
     return _table(rows) + "\nratio = left / right"
 
 
+# ------------------------------------------------------------------------- placement
+PLACEMENTS = ("replicated", "sharded")
+
+
+def placement_memory(teacher: ModelSummary, student: ModelSummary, gpus: int) -> list[dict]:
+    """Per-GPU bytes of a frozen teacher beside a student at `gpus` GPUs, by placement.
+
+    Counted (activations and the CUDA context are not: they depend on batch, sequence
+    and kernels):
+        teacher weights, bf16, no gradients, no optimizer state (frozen, eval mode);
+        student weights in fp32 (Accelerate keeps fp32 master weights under bf16 autocast),
+        its trainable parameters' fp32 gradients and AdamW's two fp32 moments.
+    Placements:
+        replicated  the teacher whole on every GPU, the student under DDP (whole too);
+        sharded     teacher and student under FSDP FULL_SHARD / ZeRO-3: every tensor
+                    divided by `gpus`, plus the largest unit gathered at a time (one LLM
+                    decoder layer of the teacher, bf16).
+    """
+    if gpus < 1:
+        raise ValueError(f"--gpus must be >= 1, got {gpus}")
+    t_weights = 2 * teacher.total
+    s_weights = 4 * student.total
+    s_states = (4 + 8) * student.trainable  # fp32 grads + AdamW exp_avg, exp_avg_sq
+    llm = teacher.parts.get("LLM", PartCount()).total
+    layer = 2 * llm // max(int(teacher.llm.get("layers") or 1), 1)
+    rows = []
+    for placement in PLACEMENTS:
+        div = gpus if placement == "sharded" else 1
+        gather = layer if placement == "sharded" and gpus > 1 else 0
+        row = {
+            "placement": placement,
+            "gpus": gpus,
+            "teacher_weights": t_weights / div + gather,
+            "student_weights": s_weights / div,
+            "student_grads_and_adam": s_states / div,
+        }
+        row["total"] = (
+            row["teacher_weights"] + row["student_weights"] + row["student_grads_and_adam"]
+        )
+        rows.append(row)
+    return rows
+
+
+def format_placement(teacher: ModelSummary, student: ModelSummary, gpus: int) -> str:
+    rows = [["placement (per GPU)", "teacher bf16", "student fp32", "grads + AdamW",
+             "total", "fits 24 / 40 / 80 GiB"]]  # fmt: skip
+    for r in placement_memory(teacher, student, gpus):
+        fits = " / ".join("yes" if r["total"] <= g * 1024**3 else "no" for g in (24, 40, 80))
+        rows.append([f"{r['placement']} x {gpus}", fmt_bytes(r["teacher_weights"]),
+                     fmt_bytes(r["student_weights"]), fmt_bytes(r["student_grads_and_adam"]),
+                     fmt_bytes(r["total"]), fits])  # fmt: skip
+    return (
+        f"teacher {teacher.name} beside student {student.name} on {gpus} GPU(s)\n"
+        + _table(rows)
+        + "\nweights, gradients and optimizer states only (activations excluded); sharded ="
+        " FSDP FULL_SHARD / ZeRO-3, plus one gathered teacher decoder layer"
+    )
+
+
 def format_keys(s: ModelSummary) -> str:
     width = max((len(k) for k, _, _ in s.keys or []), default=0)
     lines = [f"{s.name}: {len(s.keys or [])} checkpoint keys"]
@@ -326,6 +385,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compare", metavar="OTHER", help="second model, printed side by side")
     parser.add_argument("--keys", action="store_true", help="list checkpoint keys and shapes")
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    parser.add_argument(
+        "--gpus", type=int, default=None, metavar="N",
+        help="with --compare: per-GPU memory of MODEL as a frozen teacher beside OTHER as "
+        "the student, replicated (DDP) and sharded (FSDP / ZeRO-3), at N GPUs",
+    )  # fmt: skip
 
 
 def inspect(spec: str, *, keys: bool = False) -> ModelSummary:
@@ -348,11 +412,17 @@ def run(args: argparse.Namespace) -> int:
                 "kv_cache_per_token": t.kv_bytes_per_token() / s.kv_bytes_per_token(),
                 "audio_tokens": t.audio_tokens / s.audio_tokens if s.audio_tokens else None,
             }
+            if args.gpus:
+                out["placement"] = placement_memory(t, s, args.gpus)
         print(json.dumps(out, indent=2))
         return 0
     blocks = [format_summary(s) for s in summaries]
     if len(summaries) == 2:
         blocks.append(format_compare(*summaries))
+        if args.gpus:
+            blocks.append(format_placement(*summaries, args.gpus))
+    elif args.gpus:
+        raise SystemExit("--gpus needs --compare STUDENT (the teacher is MODEL)")
     if args.keys:
         blocks += [format_keys(s) for s in summaries]
     print("\n\n".join(blocks))

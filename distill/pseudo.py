@@ -153,4 +153,174 @@ def _item_wers(items: Sequence[Item], answers: Mapping[str, str], labels: Mappin
     return per_item
 
 
-__all__ = ["FilterStats", "answer_logprobs", "filter_pseudo_labels"]
+# ---- the pseudo-label cache (`distill cache --pseudo-labels`) ------------------------------
+PSEUDO_VERSION = 1
+
+
+def build_pseudo_cache(
+    model: nn.Module,
+    items: Sequence[Item],
+    out_dir,
+    *,
+    decode: str = "greedy",
+    max_new_tokens: int | None = None,
+    batch_size: int = 16,
+    shard_size: int = 256,
+    description: str = "",
+    progress: bool = True,
+):
+    """Decode every item with `model` (the teacher), score each answer, write shards.
+
+    Layout of `out_dir` (as the logit cache, `distill.cache`): `index.json` (version,
+    kind "pseudo_labels", teacher, decode settings, item count, ids hash, one entry per
+    shard with its ids and sha256, `complete` once every item is in) and
+    `pseudo_00000.jsonl`, ... with one line per item: {"id", "task", "answer", "logprob"}
+    (mean token log-probability of the answer under `model`, end token included; -inf
+    is written as null). Labels are not needed: an audio-only manifest is valid input.
+    Each shard, then the index, is written atomically, so an interrupted run resumes at
+    the first missing or corrupt shard; a different request in the same directory is an
+    error. Returns the directory (verified).
+    """
+    import json
+    import os
+    from pathlib import Path
+
+    from distill._shards import CacheError, atomic_json, ids_sha, sha256_file
+    from distill.eval.runner import generate_all
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ids = [it.id for it in items]
+    if len(set(ids)) != len(ids):
+        raise CacheError(f"item ids must be unique to cache pseudo-labels; {out}")
+    request = {
+        "kind": "pseudo_labels",
+        "decode": decode,
+        "max_new_tokens": max_new_tokens,
+        "num_items": len(items),
+        "shard_size": shard_size,
+        "ids_sha": ids_sha(ids),
+    }
+    index_path = out / "index.json"
+    index = json.loads(index_path.read_text()) if index_path.is_file() else None
+    if index is not None and any(index.get(k) != v for k, v in request.items()):
+        raise CacheError(
+            f"{index_path} was built for a different request "
+            f"({ {k: index.get(k) for k in request} } vs {request}); use a new --out directory"
+        )
+    if index is None:
+        index = {"version": PSEUDO_VERSION, "teacher": description, **request,
+                 "shards": [], "complete": False}  # fmt: skip
+    good = {s["file"] for s in index["shards"]
+            if (out / s["file"]).is_file() and sha256_file(out / s["file"]) == s["sha256"]}  # fmt: skip
+    index["shards"] = [s for s in index["shards"] if s["file"] in good]
+    for j in range((len(items) + shard_size - 1) // shard_size):
+        name = f"pseudo_{j:05d}.jsonl"
+        if name in good:
+            continue
+        chunk = list(items[j * shard_size : (j + 1) * shard_size])
+        texts, _ = generate_all(model, chunk, decode=decode, max_new_tokens=max_new_tokens,
+                                batch_size=batch_size, progress=progress)  # fmt: skip
+        scores = answer_logprobs(model, chunk, texts, batch_size=batch_size, progress=progress)
+        lines = [
+            json.dumps({"id": it.id, "task": it.task, "answer": texts[it.id].strip(),
+                        "logprob": scores[it.id] if math.isfinite(scores[it.id]) else None})
+            for it in chunk
+        ]  # fmt: skip
+        tmp = out / (name + ".part")
+        tmp.write_text("\n".join(lines) + "\n")
+        os.replace(tmp, out / name)
+        index["shards"].append({"file": name, "ids": [it.id for it in chunk],
+                                "sha256": sha256_file(out / name)})  # fmt: skip
+        index["shards"].sort(key=lambda s: s["file"])
+        atomic_json(index_path, index)
+    index["complete"] = True
+    atomic_json(index_path, index)
+    read_pseudo_cache(out)
+    return out
+
+
+def read_pseudo_cache(cache_dir) -> tuple[dict[str, str], dict[str, float]]:
+    """(id -> answer, id -> mean log-prob) of a complete, intact pseudo-label cache.
+
+    Raises `distill.cache.CacheError` naming the directory and the problem (incomplete,
+    missing or corrupt shard, ids that do not match the index).
+    """
+    import json
+    from pathlib import Path
+
+    from distill._shards import CacheError, ids_sha, sha256_file
+
+    root = Path(cache_dir)
+    index_path = root / "index.json"
+    if not index_path.is_file():
+        raise CacheError(f"{root} is not a pseudo-label cache: no index.json")
+    index = json.loads(index_path.read_text())
+    if index.get("kind") != "pseudo_labels":
+        raise CacheError(f"{root} is a teacher-logit cache, not a pseudo-label cache")
+    if not index.get("complete"):
+        raise CacheError(f"{root} is incomplete: rerun `distill cache --pseudo-labels` to resume")
+    ids = [i for s in index["shards"] for i in s["ids"]]
+    if len(ids) != index["num_items"] or ids_sha(ids) != index["ids_sha"]:
+        raise CacheError(f"{root}: the shards' ids do not match the request in index.json")
+    answers: dict[str, str] = {}
+    logprobs: dict[str, float] = {}
+    for shard in index["shards"]:
+        path = root / shard["file"]
+        if not path.is_file():
+            raise CacheError(f"{root}: shard {shard['file']} is missing")
+        if sha256_file(path) != shard["sha256"]:
+            raise CacheError(f"{root}: shard {shard['file']} is corrupt (checksum mismatch)")
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        if [r["id"] for r in rows] != shard["ids"]:
+            raise CacheError(f"{root}: shard {shard['file']} lists other ids than index.json")
+        for r in rows:
+            answers[r["id"]] = r["answer"]
+            logprobs[r["id"]] = -math.inf if r["logprob"] is None else float(r["logprob"])
+    return answers, logprobs
+
+
+def write_pseudo_labels(
+    items: Sequence[Item],
+    cache_dir,
+    out_file,
+    *,
+    max_wer: float = 0.10,
+    min_logprob: float | None = None,
+) -> tuple[str, FilterStats]:
+    """Filter a pseudo-label cache into a training manifest, with its stats beside it.
+
+    An item's own non-empty `text` is its label (the WER rule); items without text use
+    the log-prob rule. Writes `out_file` (SALMONN annotation JSON: the kept items with the
+    teacher's answers, `"label": "teacher"`) and `<out_file stem>.stats.json` (kept,
+    dropped and why, per task, and the thresholds), which the report shows.
+    """
+    import json
+    from pathlib import Path
+
+    from distill.data.annotations import write_annotations
+
+    answers, logprobs = read_pseudo_cache(cache_dir)
+    missing = [it.id for it in items if it.id not in answers]
+    if missing:
+        raise KeyError(f"{cache_dir} has no pseudo-label for {len(missing)} item(s), e.g. "
+                       f"{missing[0]!r}")  # fmt: skip
+    labels = {it.id: it.text for it in items if it.text.strip()}
+    kept, stats = filter_pseudo_labels(items, answers, logprobs, labels=labels,
+                                       max_wer=max_wer, min_logprob=min_logprob)  # fmt: skip
+    out_file = Path(out_file)
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    info = stats.to_dict() | {"max_wer": max_wer, "min_logprob": min_logprob,
+                              "cache": str(cache_dir)}  # fmt: skip
+    out_file.with_suffix(".stats.json").write_text(json.dumps(info, indent=1) + "\n")
+    return write_annotations(kept, out_file), stats
+
+
+__all__ = [
+    "FilterStats",
+    "answer_logprobs",
+    "build_pseudo_cache",
+    "filter_pseudo_labels",
+    "read_pseudo_cache",
+    "write_pseudo_labels",
+]

@@ -30,6 +30,9 @@ class DataConfig:
     """Where the examples come from and how they are sampled."""
 
     train: list[str] = field(default_factory=list)  # stage-1 SALMONN annotation JSON files
+    # how much of each train file an epoch holds, e.g. [1.0, 0.5] for labels and half of the
+    # pseudo-labels (a seeded subset), [1.0, 2.0] for the pseudo-labels twice; empty = 1 each
+    train_weights: list[float] = field(default_factory=list)
     stage2: list[str] = field(default_factory=list)  # stage-2 files; empty = one stage
     stage2_start: int = 0  # optimizer step at which stage 2 replaces stage 1
     replay_fraction: float = 0.0  # share of stage-1 items replayed into stage 2
@@ -51,6 +54,12 @@ class DataConfig:
             if isinstance(value, str):
                 setattr(self, name, [value])
         _require(0.0 <= self.replay_fraction <= 1.0, "data.replay_fraction must be in [0, 1]")
+        _require(
+            not self.train_weights or len(self.train_weights) == len(self.train),
+            f"data.train_weights has {len(self.train_weights)} entries for "
+            f"{len(self.train)} data.train files",
+        )
+        _require(all(w >= 0 for w in self.train_weights), "data.train_weights must all be >= 0")
         _require(0.0 <= self.trim_fraction < 0.5, "data.trim_fraction must be in [0, 0.5)")
         _require(self.batch_size >= 1, "data.batch_size must be >= 1")
         _require(self.num_workers >= 0, "data.num_workers must be >= 0")

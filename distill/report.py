@@ -33,9 +33,11 @@ from distill import stats
 from distill.eval.io import read_jsonl
 from distill.report_common import (  # noqa: F401  (re-exported)
     COMPARISON_HEAD,
+    PSEUDO_HEAD,
     comparison_cells,
     loss_terms,
     provenance,
+    pseudo_label_rows,
 )
 from distill.report_common import fmt as _fmt
 
@@ -383,6 +385,13 @@ def render_markdown(title, runs, rows, teacher, sentences, plots, compared=()) -
         cells += [_fmt(row["values"][r.name]) for r in others]
         cells += [_ratio_cell(row, r.name) for r in others] if teacher else []
         lines.append("| " + " | ".join(cells) + " |")
+    pseudo = pseudo_label_rows(runs)
+    if pseudo:
+        lines += ["", "## Pseudo-labels", "", "What the filter kept and dropped, and why "
+                  "(WER against the label where one exists, the teacher's mean token "
+                  "log-probability elsewhere).", ""]  # fmt: skip
+        lines += ["| " + " | ".join(PSEUDO_HEAD) + " |", "|" + "---|" * len(PSEUDO_HEAD)]
+        lines += ["| " + " | ".join(row) + " |" for row in pseudo]
     lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
     lines += ["", "## Runs", ""]
     for r in runs:

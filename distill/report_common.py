@@ -8,6 +8,7 @@ cycle.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from distill import stats
@@ -94,3 +95,31 @@ def loss_terms(log: list[dict]) -> list[str]:
             ):
                 terms.setdefault(k, None)
     return list(terms)
+
+
+PSEUDO_HEAD = ["run", "pseudo-label manifest", "clips", "kept", "dropped: empty",
+               "dropped: WER > max", "dropped: log-prob < min", "max WER", "min log-prob"]  # fmt: skip
+
+
+def pseudo_label_rows(runs: list) -> list[list[str]]:
+    """What the pseudo-label filter kept and dropped for each run's train manifests.
+
+    A train manifest written by `distill cache --pseudo-labels` (or the demo) has its
+    `<stem>.stats.json` beside it; runs without one show nothing.
+    """
+    rows = []
+    for r in runs:
+        cfg = r.config if isinstance(r.config, dict) else {}
+        for manifest in (cfg.get("data") or {}).get("train") or []:
+            path = Path(manifest)
+            if not path.is_absolute() and not path.exists():
+                path = Path(r.path) / path
+            stats_file = path.with_suffix(".stats.json")
+            if not stats_file.is_file():
+                continue
+            st = json.loads(stats_file.read_text())
+            rows.append([r.name, path.name, str(st.get("items", "?")), str(st.get("kept", "?")),
+                         str(st.get("dropped_empty", 0)), str(st.get("dropped_wer", 0)),
+                         str(st.get("dropped_logprob", 0)), fmt(st.get("max_wer")),
+                         fmt(st.get("min_logprob"))])  # fmt: skip
+    return rows

@@ -134,6 +134,7 @@ def render_html(title, runs, rows, teacher, sentences, plots, compared=()) -> st
         "<p>Ratios are run / teacher; green where the run is better than the teacher; "
         "(noise): the spread of the timed repeats (p90 - p10, else std) exceeds the difference.</p>",
         metrics_table(runs, rows, teacher),
+        *_pseudo_section(runs),
         '<h2>Plots</h2><div id="plots">' + "".join(_img(p) for p in plots) + "</div>",
         "<h2>Runs</h2>",
     ]
@@ -147,3 +148,15 @@ def render_html(title, runs, rows, teacher, sentences, plots, compared=()) -> st
             )
     out.append("</body></html>")
     return "\n".join(out) + "\n"
+
+
+def _pseudo_section(runs) -> list[str]:
+    from distill.report_common import PSEUDO_HEAD, pseudo_label_rows
+
+    rows = pseudo_label_rows(runs)
+    if not rows:
+        return []
+    head = "".join(f"<th>{escape(h)}</th>" for h in PSEUDO_HEAD)
+    body = "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return ["<h2>Pseudo-labels</h2>",
+            f'<table id="pseudo-labels"><tr>{head}</tr>{body}</table>']  # fmt: skip

@@ -257,3 +257,25 @@ def test_an_unknown_name_is_a_clean_error_listing_the_presets(capsys):
     assert cli_main(["inspect", "salmonn-70b"]) == 2
     err = capsys.readouterr().err
     assert "salmonn-70b" in err and "salmonn-7b" in err and "Traceback" not in err
+
+
+def test_placement_memory_per_gpu(teacher, student, capsys):
+    """Replicated: the teacher whole on every GPU; sharded: everything / N plus one gathered
+    teacher decoder layer. Closed forms from the parameter counts."""
+    from distill.inspect import placement_memory
+
+    rep, shard = placement_memory(teacher, student, 4)
+    assert rep["teacher_weights"] == 2 * teacher.total
+    assert rep["student_weights"] == 4 * student.total
+    assert rep["student_grads_and_adam"] == 12 * student.trainable
+    layer = 2 * teacher.parts["LLM"].total // teacher.llm["layers"]
+    assert shard["teacher_weights"] == 2 * teacher.total / 4 + layer
+    assert shard["student_weights"] == rep["student_weights"] / 4
+    assert shard["total"] == pytest.approx(sum(shard[k] for k in (
+        "teacher_weights", "student_weights", "student_grads_and_adam")))  # fmt: skip
+    one_rep, one_shard = placement_memory(teacher, student, 1)
+    assert one_rep["total"] == one_shard["total"]  # nothing to shard over on one GPU
+    assert 13.5 * 1024**3 < rep["teacher_weights"] < 15 * 1024**3  # ~7 B params in bf16
+    assert cli_main(["inspect", "salmonn-7b", "--compare", STUDENT, "--gpus", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "replicated x 2" in out and "sharded x 2" in out and "fits 24 / 40 / 80 GiB" in out

@@ -273,6 +273,33 @@ def test_runs_without_logs_or_teacher_still_render(tmp_path):
     assert not (out / "training_curves.png").exists()
 
 
+def test_pseudo_label_filter_stats_are_shown(tmp_path):
+    """A train manifest with <stem>.stats.json beside it (distill cache --pseudo-labels)
+    gets a Pseudo-labels table: kept, dropped and why, with the thresholds."""
+    import json
+
+    manifest = tmp_path / "pl" / "pseudo_labels.json"
+    manifest.parent.mkdir()
+    manifest.write_text("[]")
+    manifest.with_suffix(".stats.json").write_text(json.dumps(
+        {"items": 40, "kept": 31, "dropped_empty": 2, "dropped_wer": 5, "dropped_logprob": 2,
+         "max_wer": 0.1, "min_logprob": -1.5}))  # fmt: skip
+    cfg = f"seed: 0\nloss: {{_component_: losses.CE}}\ndata: {{train: [{manifest}, other.json]}}\n"
+    run = make_run(tmp_path, "seqkd", "student",
+                   fake_metrics("s", "student", 5.0, 0.6, 0.1, 1.0, 10), config=cfg)  # fmt: skip
+    plain = make_run(tmp_path, "plain", "student",
+                     fake_metrics("p", "student", 6.0, 0.5, 0.1, 1.0, 10))  # fmt: skip
+    out = write_report([run, plain], tmp_path / "rep")
+    md = (out / "report.md").read_text()
+    assert "## Pseudo-labels" in md
+    assert "| seqkd | pseudo_labels.json | 40 | 31 | 2 | 5 | 2 | 0.1 | -1.5 |" in md
+    assert "| plain |" not in md.split("## Pseudo-labels")[1].split("##")[0]
+    assert 'id="pseudo-labels"' in (out / "report.html").read_text()
+    assert (
+        "## Pseudo-labels" not in (write_report([plain], tmp_path / "r2") / "report.md").read_text()
+    )
+
+
 @pytest.mark.skipif(
     CHROMIUM is None, reason="/usr/bin/chromium is absent (apt-get install -y chromium)"
 )

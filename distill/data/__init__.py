@@ -27,6 +27,7 @@ from distill.data.sampling import (
     split_stages,
     text_strata,
     trim_by_length,
+    weighted_items,
     with_replay,
 )
 from distill.data.summary import summarize, to_markdown
@@ -55,6 +56,7 @@ __all__ = [
     "text_strata",
     "to_markdown",
     "trim_by_length",
+    "weighted_items",
     "with_replay",
     "write_annotations",
     "write_testset",

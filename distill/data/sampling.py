@@ -77,6 +77,31 @@ def split_stages(items: Sequence[Item], default: int = 1) -> dict[int, list[Item
     return dict(sorted(stages.items()))
 
 
+def weighted_items(
+    files: Sequence[Sequence[Item]], weights: Sequence[float], seed: int
+) -> list[Item]:
+    """One epoch's items from several files, file i weighted by `weights[i]`.
+
+    A weight w gives floor(w) copies of every item of the file plus a seeded subset of
+    round((w - floor(w)) * n) items: 1 keeps the file as it is, 0.5 half of it, 2 twice.
+    The subset is a pure function of (seed, file index), so a resumed run sees the same.
+    """
+    import math
+    import random
+
+    out: list[Item] = []
+    for i, (items, w) in enumerate(zip(files, weights)):
+        whole = math.floor(w)
+        out += [it for _ in range(whole) for it in items]
+        extra = round((w - whole) * len(items))
+        if extra:
+            pick = sorted(
+                random.Random(f"train-weights:{seed}:{i}").sample(range(len(items)), extra)
+            )
+            out += [items[j] for j in pick]
+    return out
+
+
 def read_stages(paths: dict[int, str | os.PathLike]) -> dict[int, list[Item]]:
     """Stages kept in separate annotation files: {stage: path} -> {stage: items}."""
     out = {}

@@ -26,6 +26,7 @@ from distill.data import (
     read_annotations,
     summarize,
     text_strata,
+    weighted_items,
 )
 
 
@@ -52,7 +53,13 @@ class TrainStream:
         if not d.train:
             raise DataError("recipe.data.train lists no annotation file (or set data.synth)")
         self.recipe, self.rank, self.world_size = recipe, rank, world_size
-        stage1 = [it for path in d.train for it in read_annotations(path, require_text=True)]
+        files = [read_annotations(path, require_text=True) for path in d.train]
+        if d.train_weights:  # e.g. labels and pseudo-labels mixed in a set proportion
+            stage1 = weighted_items(files, d.train_weights, recipe.seed)
+        else:
+            stage1 = [it for items in files for it in items]
+        if not stage1:
+            raise DataError(f"data.train_weights {d.train_weights} leave no training item")
         self.stages: dict[int, list] = {1: stage1}
         if d.stage2:
             self.stages[2] = [

@@ -152,3 +152,29 @@ def test_stages_from_separate_files(tmp_path):
     stages = read_stages(paths)
     assert {k: len(v) for k, v in stages.items()} == {1: 10, 2: 20}
     assert {it.stage for it in stages[2]} == {2}
+
+
+def test_train_weights_mix_files_in_the_set_proportion():
+    from distill.data import Item, weighted_items
+
+    labels = [Item(id=f"l{i}", path="x.wav", text="t", task="asr", prompt="p") for i in range(4)]
+    pseudo = [Item(id=f"p{i}", path="x.wav", text="t", task="asr", prompt="p") for i in range(10)]
+    assert [it.id for it in weighted_items([labels, pseudo], [1.0, 1.0], 0)] == [
+        it.id for it in labels + pseudo
+    ]
+    half = weighted_items([labels, pseudo], [1.0, 0.5], seed=3)
+    ids = [it.id for it in half]
+    assert ids[:4] == ["l0", "l1", "l2", "l3"] and len(ids) == 9 and len(set(ids)) == 9
+    assert ids == [it.id for it in weighted_items([labels, pseudo], [1.0, 0.5], seed=3)]
+    assert ids != [it.id for it in weighted_items([labels, pseudo], [1.0, 0.5], seed=4)]
+    twice = [it.id for it in weighted_items([labels, pseudo], [2.0, 0.0], seed=0)]
+    assert twice == [it.id for it in labels] * 2
+
+
+def test_train_weights_must_match_the_files():
+    from distill.recipe import DataConfig
+
+    with pytest.raises(Exception, match="train_weights has 1 entries for 2"):
+        DataConfig(train=["a.json", "b.json"], train_weights=[1.0])
+    with pytest.raises(Exception, match=">= 0"):
+        DataConfig(train=["a.json"], train_weights=[-1.0])
