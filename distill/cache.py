@@ -19,14 +19,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import save_file
 
-from distill._shards import CacheError, atomic_json, ids_sha, sha256_file  # noqa: F401
+from distill._shards import (
+    CacheError,
+    add_shard,
+    atomic_json,
+    check_shards,
+    ids_sha,
+    open_index,
+)
 from distill.contracts import TeacherSignals
 
 CACHE_VERSION = 1
@@ -89,37 +95,14 @@ def build_cache(
         raise ValueError(f"shard_size {shard_size} must be a multiple of batch_size {batch_size}")
     if hasattr(teacher, "topk"):
         teacher.topk = topk
-    ids = [it.id for it in items]
-    if len(set(ids)) != len(ids):
-        dupes = sorted({i for i in ids if ids.count(i) > 1})[:5]
-        raise CacheError(f"item ids must be unique to cache them; duplicates: {dupes}")
-    index_path = out / "index.json"
-    index = json.loads(index_path.read_text()) if index_path.is_file() else None
     request = {
         "topk": topk,
         "num_items": len(items),
         "shard_size": shard_size,
-        "ids_sha": ids_sha(ids),
+        "ids_sha": ids_sha([it.id for it in items]),
     }
-    if index is not None and any(index.get(k) != v for k, v in request.items()):
-        raise CacheError(
-            f"{index_path} was built for a different request "
-            f"({ {k: index.get(k) for k in request} } vs {request}); use a new --out directory"
-        )
-    if index is None:
-        index = {
-            "version": CACHE_VERSION,
-            "teacher": description,
-            **request,
-            "shards": [],
-            "complete": False,
-        }
-    done = {
-        s["file"]
-        for s in index["shards"]
-        if (out / s["file"]).is_file() and sha256_file(out / s["file"]) == s["sha256"]
-    }
-    index["shards"] = [s for s in index["shards"] if s["file"] in done]
+    header = {"version": CACHE_VERSION, "teacher": description}
+    index_path, index, done = open_index(out, [it.id for it in items], request, header, "logits")
     num_shards = (len(items) + shard_size - 1) // shard_size
     bar = tqdm(total=len(items), desc="teacher cache", unit="item", disable=not progress)
     bar.update(sum(len(s["ids"]) for s in index["shards"]))
@@ -145,12 +128,7 @@ def build_cache(
             bar.update(len(sub))
         tmp = out / (name + ".part")
         save_file(tensors, tmp)
-        os.replace(tmp, out / name)
-        index["shards"].append(
-            {"file": name, "ids": [it.id for it in chunk], "sha256": sha256_file(out / name)}
-        )
-        index["shards"].sort(key=lambda s: s["file"])
-        atomic_json(index_path, index)
+        add_shard(index_path, index, tmp, name, [it.id for it in chunk])
     bar.close()
     index["complete"] = True
     atomic_json(index_path, index)
@@ -179,19 +157,7 @@ def verify_cache(cache_dir: str | Path) -> dict[str, Any]:
         raise CacheError(
             f"{root} is incomplete: rerun `distill cache` with the same arguments to resume"
         )
-    ids = [i for s in index["shards"] for i in s["ids"]]
-    if len(ids) != index["num_items"]:
-        raise CacheError(f"{root}: index lists {len(ids)} items, expected {index['num_items']}")
-    if len(set(ids)) != len(ids):
-        raise CacheError(f"{root}: duplicate ids in the index")
-    if ids_sha(ids) != index["ids_sha"]:
-        raise CacheError(f"{root}: item ids/order do not match the request recorded in index.json")
-    for shard in index["shards"]:
-        path = root / shard["file"]
-        if not path.is_file():
-            raise CacheError(f"{root}: shard {shard['file']} is missing")
-        if sha256_file(path) != shard["sha256"]:
-            raise CacheError(f"{root}: shard {shard['file']} is corrupt (checksum mismatch)")
+    check_shards(root, index)
     return index
 
 

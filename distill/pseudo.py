@@ -182,17 +182,14 @@ def build_pseudo_cache(
     error. Returns the directory (verified).
     """
     import json
-    import os
     from pathlib import Path
 
-    from distill._shards import CacheError, atomic_json, ids_sha, sha256_file
+    from distill._shards import add_shard, atomic_json, ids_sha, open_index
     from distill.eval.runner import generate_all
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ids = [it.id for it in items]
-    if len(set(ids)) != len(ids):
-        raise CacheError(f"item ids must be unique to cache pseudo-labels; {out}")
     request = {
         "kind": "pseudo_labels",
         "decode": decode,
@@ -201,19 +198,8 @@ def build_pseudo_cache(
         "shard_size": shard_size,
         "ids_sha": ids_sha(ids),
     }
-    index_path = out / "index.json"
-    index = json.loads(index_path.read_text()) if index_path.is_file() else None
-    if index is not None and any(index.get(k) != v for k, v in request.items()):
-        raise CacheError(
-            f"{index_path} was built for a different request "
-            f"({ {k: index.get(k) for k in request} } vs {request}); use a new --out directory"
-        )
-    if index is None:
-        index = {"version": PSEUDO_VERSION, "teacher": description, **request,
-                 "shards": [], "complete": False}  # fmt: skip
-    good = {s["file"] for s in index["shards"]
-            if (out / s["file"]).is_file() and sha256_file(out / s["file"]) == s["sha256"]}  # fmt: skip
-    index["shards"] = [s for s in index["shards"] if s["file"] in good]
+    header = {"version": PSEUDO_VERSION, "teacher": description}
+    index_path, index, good = open_index(out, ids, request, header, "pseudo-labels")
     for j in range((len(items) + shard_size - 1) // shard_size):
         name = f"pseudo_{j:05d}.jsonl"
         if name in good:
@@ -229,11 +215,7 @@ def build_pseudo_cache(
         ]  # fmt: skip
         tmp = out / (name + ".part")
         tmp.write_text("\n".join(lines) + "\n")
-        os.replace(tmp, out / name)
-        index["shards"].append({"file": name, "ids": [it.id for it in chunk],
-                                "sha256": sha256_file(out / name)})  # fmt: skip
-        index["shards"].sort(key=lambda s: s["file"])
-        atomic_json(index_path, index)
+        add_shard(index_path, index, tmp, name, [it.id for it in chunk])
     index["complete"] = True
     atomic_json(index_path, index)
     read_pseudo_cache(out)
@@ -249,7 +231,7 @@ def read_pseudo_cache(cache_dir) -> tuple[dict[str, str], dict[str, float]]:
     import json
     from pathlib import Path
 
-    from distill._shards import CacheError, ids_sha, sha256_file
+    from distill._shards import CacheError, check_shards
 
     root = Path(cache_dir)
     index_path = root / "index.json"
@@ -260,17 +242,9 @@ def read_pseudo_cache(cache_dir) -> tuple[dict[str, str], dict[str, float]]:
         raise CacheError(f"{root} is a teacher-logit cache, not a pseudo-label cache")
     if not index.get("complete"):
         raise CacheError(f"{root} is incomplete: rerun `distill cache --pseudo-labels` to resume")
-    ids = [i for s in index["shards"] for i in s["ids"]]
-    if len(ids) != index["num_items"] or ids_sha(ids) != index["ids_sha"]:
-        raise CacheError(f"{root}: the shards' ids do not match the request in index.json")
     answers: dict[str, str] = {}
     logprobs: dict[str, float] = {}
-    for shard in index["shards"]:
-        path = root / shard["file"]
-        if not path.is_file():
-            raise CacheError(f"{root}: shard {shard['file']} is missing")
-        if sha256_file(path) != shard["sha256"]:
-            raise CacheError(f"{root}: shard {shard['file']} is corrupt (checksum mismatch)")
+    for shard, path in zip(index["shards"], check_shards(root, index), strict=True):
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         if [r["id"] for r in rows] != shard["ids"]:
             raise CacheError(f"{root}: shard {shard['file']} lists other ids than index.json")
