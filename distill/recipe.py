@@ -129,9 +129,18 @@ class TrainConfig:
     on_policy_max_new_tokens: int = 64
     on_policy_temperature: float = 1.0
     on_policy_top_p: float = 1.0
+    # the frozen teacher on N processes: "replicated" (a whole copy per process) or
+    # "sharded" (wrapped by the run's FSDP plugin: each process holds 1/N of its weights,
+    # no gradients, eval mode); see `distill inspect --gpus N` for the memory of each
+    teacher_placement: str = "replicated"
 
     def __post_init__(self) -> None:
         _require(self.log_every >= 1, "train.log_every must be >= 1")
+        _require(
+            self.teacher_placement in ("replicated", "sharded"),
+            f"train.teacher_placement must be 'replicated' or 'sharded', "
+            f"got {self.teacher_placement!r}",
+        )
         _require(self.save_every >= 1, "train.save_every must be >= 1")
         _require(
             self.feature_store is None or self.cache_frozen_features,

@@ -39,6 +39,7 @@ from distill.engine import checkpoint as ckpt
 from distill.engine.data import build_train_stream, build_valid_loader, resolve_synth
 from distill.engine.on_policy import OnPolicy, require_live_teacher, sample_answers
 from distill.engine.optim import build_optimizer, build_scheduler, param_groups
+from distill.engine.placement import outside_inference, place_teacher
 from distill.engine.utils import (
     answer_token_count,
     flatten_for_tracker,
@@ -144,6 +145,7 @@ class Trainer:
                 self.teacher.logits = False  # features-only losses: skip the teacher's LLM
             if hasattr(self.teacher, "to_device"):
                 self.teacher.to_device(acc.device)
+            place_teacher(acc, self.teacher, recipe.train.teacher_placement)
         named = [(f"student.{n}", p) for n, p in self.student.named_parameters()]
         named += [(f"loss.{n}", p) for n, p in self.loss.named_parameters()]
         o = recipe.optim
@@ -209,6 +211,62 @@ class Trainer:
             frozen = set()
         return {k: v for k, v in (full or {}).items() if k not in frozen}
 
+    def _optimizer_state(self) -> dict:
+        """The optimizer's state keyed by parameter name (`student.*`, `loss.*`), whole.
+
+        `torch.distributed.checkpoint`'s `get_optimizer_state_dict` with a full state dict:
+        every process calls it, an FSDP-sharded state is gathered (to the CPU), and a plain
+        or DDP model gives its own state under the same names. Names, not positions, so a
+        checkpoint names what does not fit on resume.
+        """
+        from accelerate.utils import DistributedType
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_optimizer_state_dict,
+        )
+
+        if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
+            raise NotImplementedError(
+                "checkpoints under DeepSpeed are not supported: its engine owns the "
+                "optimizer state (accelerator.save_state); use FSDP or DDP"
+            )
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return get_optimizer_state_dict(self.step_module, self._torch_optimizer, options=options)
+
+    @property
+    def _torch_optimizer(self) -> torch.optim.Optimizer:
+        return getattr(self.optimizer, "optimizer", self.optimizer)
+
+    def _load_optimizer_state(self, path: Path, state: dict) -> None:
+        """Restore `_optimizer_state` (or a pre-name checkpoint's positional state)."""
+        from accelerate.utils import DistributedType
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_optimizer_state_dict,
+        )
+
+        saved = state.get("state", {})
+        if any(isinstance(k, int) for k in saved):  # written before states were named
+            self.optimizer.load_state_dict(state)
+            return
+        mine = {n for g in state.get("param_groups", []) for n in g.get("params", [])}
+        names = {
+            n.removeprefix("module.")
+            for n, p in self.step_module.named_parameters()
+            if p.requires_grad
+        }
+        if self.accelerator.distributed_type != DistributedType.FSDP and mine != names:
+            lacks, extra = sorted(names - mine), sorted(mine - names)
+            raise CheckpointError(
+                f"optimizer state in {path} does not fit this run: {len(extra)} parameters "
+                f"it has that this run does not train ({describe_keys(group_keys(extra))}), "
+                f"{len(lacks)} this run trains that it lacks "
+                f"({describe_keys(group_keys(lacks))})"
+            )
+        sharded = self.accelerator.distributed_type == DistributedType.FSDP
+        options = StateDictOptions(full_state_dict=sharded)
+        set_optimizer_state_dict(self.step_module, self._torch_optimizer, state, options=options)
+
     def save(self) -> Path:
         acc = self.accelerator
         root = self.out / "checkpoints"
@@ -225,11 +283,10 @@ class Trainer:
             "recipe": self.recipe.name,
         }
         tensors = self._tensors()
+        optimizer_state = self._optimizer_state()
         acc.wait_for_everyone()
         if acc.is_main_process:
-            ckpt.write_main(
-                tmp, tensors=tensors, optimizer_state=self.optimizer.state_dict(), state=state
-            )
+            ckpt.write_main(tmp, tensors=tensors, optimizer_state=optimizer_state, state=state)
             ckpt.finish_save(root, self.step, keep_last=self.recipe.train.keep_last)
         acc.wait_for_everyone()
         return ckpt.step_dir(root, self.step)
@@ -253,7 +310,7 @@ class Trainer:
             )
         student.load_state_dict(student_sd, strict=False)
         self.loss.load_state_dict(loss_sd, strict=True)
-        self.optimizer.load_state_dict(data["optimizer"])
+        self._load_optimizer_state(path, data["optimizer"])
         state = data["state"]
         self.scheduler.load_state_dict(state["scheduler"])
         self.stream.load_state_dict(state["data"])
@@ -295,8 +352,9 @@ class Trainer:
     def _signals(self, batch: AudioBatch):
         if self.teacher is None:
             return None
-        with torch.no_grad():
-            return self.teacher.signals(batch)
+        with torch.inference_mode():
+            signals = self.teacher.signals(batch)
+        return outside_inference(signals)
 
     def fit(self) -> dict[str, Any]:
         acc, r = self.accelerator, self.recipe
