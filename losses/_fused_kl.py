@@ -75,28 +75,38 @@ class FusedForwardKL(torch.autograd.Function):
 
 
 def forward_kl_ce_grad(
-    logits: Tensor, weights: list, targets: Tensor, teacher: Tensor, temperature: float
+    logits: Tensor,
+    weights: list,
+    targets: Tensor,
+    teacher: Tensor,
+    temperature: float,
+    out: Tensor | None = None,
 ) -> tuple[tuple[Tensor, Tensor], Tensor]:
     """One chunk of the fused-head path in closed form: (kd [b, c], ce [b, c]) and
     d(sum w_kd kd + w_ce ce) / d logits [b, c, v], the formulas of the module doc.
 
     Consumes `logits` (fp32/fp64 logits are overwritten in place: the caller made them for
-    this call) and holds three [b, c, v] buffers plus log-sum-exp's transient one;
-    autograd through the same maths keeps about ten. `weights` = [w_kd, w_ce] (each
-    [b, c], a number or None), as `linear_terms` slices them.
+    this call) and holds three [b, c, v] buffers, the log-sum-exps included (they run in
+    the third buffer); autograd through the same maths keeps about ten. The gradient is
+    written into `out` when given (a [b, c, v] buffer of the logits' upcast dtype, e.g. a
+    slice of the caller's staging buffer), else into a new one. `weights` = [w_kd, w_ce]
+    (each [b, c], a number or None), as `linear_terms` slices them.
     """
     T = temperature
     w_kd, w_ce = (0.0 if w is None else w for w in weights[:2])
     x = upcast(logits)  # buffer 1
+    scratch = torch.empty_like(x)  # buffer 3: the log-sum-exps, then p_t, then softmax(x)
     y = targets.clamp_min(0).unsqueeze(-1)
     x_y = x.gather(-1, y).squeeze(-1)
-    l1 = None if T == 1.0 else torch.logsumexp(x, -1, keepdim=True)
+    l1 = None if T == 1.0 else _logsumexp(x, scratch)
     z_s = x if T == 1.0 else x.div_(T)
-    ls = torch.logsumexp(z_s, -1, keepdim=True)
+    ls = _logsumexp(z_s, scratch)
     l1 = ls if l1 is None else l1
-    z_t = upcast(teacher).to(x.dtype) / T  # buffer 2 (never the teacher's own storage)
-    lt = torch.logsumexp(z_t, -1, keepdim=True)
-    p_t = torch.sub(z_t, lt).exp_()  # buffer 3
+    # buffer 2 (never the teacher's own storage): z_t, then the gradient
+    z_t = torch.empty_like(x) if out is None else out
+    z_t.copy_(teacher).div_(T)
+    lt = _logsumexp(z_t, scratch)
+    p_t = torch.sub(z_t, lt, out=scratch).exp_()
     kd = z_t.clamp_min_(_LOW).sub_(z_s).mul_(p_t).sum(-1) - lt.squeeze(-1) + ls.squeeze(-1)
     ce = l1.squeeze(-1) - x_y
     a = _col(w_kd, z_s) / T
@@ -112,6 +122,17 @@ def forward_kl_ce_grad(
     if isinstance(a, Tensor) and isinstance(c, Tensor):  # weightless rows (padding) give 0,
         g.masked_fill_((a == 0) & (c == 0), 0.0)  # even where their logits are not finite
     return (kd, ce), g
+
+
+def _logsumexp(z: Tensor, scratch: Tensor) -> Tensor:
+    """logsumexp over the last dim [..., 1], with `scratch` (z's shape) as its only buffer.
+
+    Rows that are all -inf (padding of a sparse teacher) give -inf, as torch.logsumexp.
+    """
+    m = z.amax(-1, keepdim=True)
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    total = torch.sub(z, m, out=scratch).exp_().sum(-1, keepdim=True)
+    return total.log_().add_(m)
 
 
 def _col(w, like: Tensor):

@@ -398,8 +398,8 @@ class TokenKL(nn.Module):
         ):  # the common case in closed form (losses._fused_kl)
             T = self.temperature
 
-            def grad_fn(logits, w, targets, _mask, t_rows, *_):
-                (kd, ce), g = forward_kl_ce_grad(logits, w, targets, t_rows, T)
+            def grad_fn(logits, w, targets, _mask, t_rows, *_, out=None):
+                (kd, ce), g = forward_kl_ce_grad(logits, w, targets, t_rows, T, out=out)
                 return (kd, ce, torch.zeros_like(kd)), g
 
         loss, (kd, ce, bridge_ce) = linear_terms(

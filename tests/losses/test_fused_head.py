@@ -265,7 +265,9 @@ def test_the_common_case_takes_the_closed_form(monkeypatch):
 
     calls = []
     real = token_kl.forward_kl_ce_grad
-    monkeypatch.setattr(token_kl, "forward_kl_ce_grad", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(
+        token_kl, "forward_kl_ce_grad", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
     pair, t = same_tokenizer(seed=10)
     assert_same(pair, TokenKL(temperature=2.0, chunk_size=2), t)
     assert len(calls) == 3  # n = 5 positions in chunks of 2
@@ -281,3 +283,32 @@ def test_minus_inf_teacher_logits_and_padding_rows():
     t.logits[2, 4, :] = -float("inf")  # item 2 has length 1: position 4 is padding
     got = assert_same(pair, TokenKL(temperature=1.0, chunk_size=2), t)
     assert all(torch.isfinite(g).all() for g in got)
+
+
+@pytest.mark.parametrize("trained", ["weight", "bias", "neither"])
+def test_staged_closed_form_with_part_of_the_head_frozen(trained):
+    """The closed form keeps two chunks' gradients per head matmul (`STAGE`); with n = 5
+    in chunks of 2 the last stage holds one chunk. A frozen weight or bias gets none."""
+    from losses._fused_head import STAGE
+
+    assert STAGE == 2
+    pair, t = same_tokenizer(seed=14)
+    pair.head.weight.requires_grad_(trained == "weight")
+    pair.head.bias.requires_grad_(trained == "bias")
+    loss = TokenKL(temperature=2.0, chunk_size=2)
+    results = {}
+    for fused in (False, True):
+        for p in pair.head.parameters():
+            p.grad = None
+        student, h = pair.outputs(fused)
+        out = loss(student, t)
+        out.loss.backward()
+        results[fused] = (out.loss.detach(), h.grad, pair.head.weight.grad, pair.head.bias.grad)
+    a, b = results[True], results[False]
+    assert_close(a[0], b[0], atol=1e-10, rtol=0)
+    assert_close(a[1], b[1], atol=1e-10, rtol=0)
+    for got, ref, name in ((a[2], b[2], "weight"), (a[3], b[3], "bias")):
+        if name == trained:
+            assert_close(got, ref, atol=1e-10, rtol=0)
+        else:
+            assert got is None and ref is None
