@@ -61,7 +61,12 @@ def param_groups(
 
 
 def warmup_cosine(step: int, *, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
-    """LR multiplier: linear warm-up from ~0 to 1, then cosine decay to `min_ratio`."""
+    """LR multiplier: linear warm-up from ~0 to 1, then cosine decay to `min_ratio`.
+
+    Not transformers' `get_cosine_with_min_lr_schedule_with_warmup`: that one warms up as
+    step / warmup, so the first optimizer step runs at lr 0 and is lost; here it is
+    (step + 1) / warmup. Switching would move every published figure by a step.
+    """
     if warmup_steps > 0 and step < warmup_steps:
         return (step + 1) / warmup_steps
     span = max(1, total_steps - warmup_steps)
