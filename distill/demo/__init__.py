@@ -10,8 +10,8 @@
    (frozen encoders; Q-Former, projection and LoRA train). The teacher pseudo-labels the
    clips the students have no label for. Over several seeds, a distilled student
    (`arms.BEST`: CE on labels and the teacher's pseudo-labels, plus matching the teacher's
-   Q-Former features) and a CE-only student (the labelled subset) train for the same steps,
-   side by side (`DemoConfig.jobs`).
+   Q-Former windows by cosine and by a contrastive term) and a CE-only student (the
+   labelled subset) train for the same steps, side by side (`DemoConfig.jobs`).
 4. Report: the student-versus-teacher report of seed 0, and the seed table with mean ± std,
    paired bootstrap 95 % CIs over test items, verdicts and the share of the gap closed.
 
