@@ -442,7 +442,7 @@ class AudioLLM(nn.Module):
             # mask (a wait on the device) and SDPA may use its causal kernel.
             body = lm.get_decoder()(
                 inputs_embeds=inp["inputs_embeds"],
-                attention_mask=None,
+                attention_mask=_causal_mask(lm, inp["inputs_embeds"]),
                 use_cache=False,
             ).last_hidden_state  # [b, N, d]
             pred_pos = (inp["answer_pos"] - 1).clamp(min=0)  # position i predicts token i + 1
@@ -504,6 +504,21 @@ class AudioLLM(nn.Module):
                 f"AudioLLM {self.config.name!r} has no tokenizer (tokenizer_path="
                 f"{self.config.resolved_tokenizer_path!r}); meta models cannot run"
             )
+
+
+def _causal_mask(lm: nn.Module, embeds: Tensor) -> Tensor | None:
+    """The causal mask [b, 1, N, N] (True = attend) that SDPA would get, built directly.
+
+    Without an attention mask, transformers 4.57 reads the position ids for packed
+    sequences, which turns off its skip to SDPA's causal kernel and builds this very mask
+    through `torch.vmap` on every forward (about 15 % of a tiny student's step on CPU). A 4D
+    mask is passed through as is. Only for SDPA: eager attention adds its mask as floats.
+    """
+    if getattr(lm.config, "_attn_implementation", None) != "sdpa":
+        return None
+    b, n = embeds.shape[:2]
+    mask = torch.ones(n, n, dtype=torch.bool, device=embeds.device).tril()
+    return mask.expand(b, 1, n, n)
 
 
 def _tok_name(model: AudioLLM) -> str:
