@@ -62,6 +62,7 @@ def build_model(
     path: str | None = None,
     seed: int | None = None,
     overrides: dict[str, Any] | None = None,
+    inherit: dict[str, Any] | None = None,
 ):
     """Build an `AudioLLM` for a recipe: from a saved dir (`path`), a preset or a config.
 
@@ -71,6 +72,11 @@ def build_model(
         path: a directory written by `AudioLLM.save_pretrained` (weights included).
         seed: seed the random initialisation of parts without pretrained weights.
         overrides: `AudioLLMConfig` field overrides (e.g. {"lora_targets": ["q_proj"]}).
+        inherit: {"from": a teacher's save_pretrained dir, "parts": state-dict prefixes}:
+            start those parts from the teacher's trained weights instead of random ones
+            (`distill.modeling.checkpoint.inherit_weights`), e.g. parts
+            ["speech_Qformer", "speech_query_tokens", "ln_speech", "ln_audio"] for a
+            student over the teacher's encoders with a Q-Former as wide as the teacher's.
     """
     import torch
 
@@ -83,4 +89,15 @@ def build_model(
     cfg = resolve_config(preset if preset is not None else config, **(overrides or {}))
     if seed is not None:
         torch.manual_seed(seed)
-    return AudioLLM(cfg)
+    model = AudioLLM(cfg)
+    if inherit:
+        from distill.modeling.checkpoint import inherit_weights
+
+        unknown = set(inherit) - {"from", "parts"}
+        if unknown or "from" not in inherit or not inherit.get("parts"):
+            raise ConfigError(
+                f"student.inherit takes 'from' (a save_pretrained dir) and 'parts' (a "
+                f"non-empty list of state-dict prefixes); got keys {sorted(inherit)}"
+            )
+        inherit_weights(model, inherit["from"], list(inherit["parts"]))
+    return model

@@ -24,7 +24,7 @@ import re
 import shutil
 import tempfile
 import zipfile
-from collections.abc import Iterable, Mapping, Set
+from collections.abc import Iterable, Mapping, Sequence, Set
 from typing import Any
 
 import torch
@@ -307,6 +307,55 @@ def load_weights(model, weights: str | os.PathLike) -> None:
         raise FileNotFoundError(f"checkpoint weights not found: {weights!r}")
     state = read_tensors(weights, what="AudioLLM weights")
     load_checked(model, state, source=weights, allowed_missing=rebuildable_keys(model))
+
+
+def inherit_weights(model, source: str | os.PathLike, parts: Sequence[str]) -> dict[str, int]:
+    """Copy the teacher's trained `parts` into a student before training (weight inheritance).
+
+    Distil-Whisper initialises its student from the teacher (the whole encoder, a subset of
+    decoder layers); DistilBERT takes every other teacher layer. Here a part is a
+    state-dict prefix (`speech_Qformer`, `speech_query_tokens`, `ln_speech`, ...) of a
+    directory written by `save_pretrained`. Every tensor under a part must exist in
+    `model` with the same shape: a student whose Q-Former reads other encoders (a different
+    `encoder_width`) or is narrower cannot inherit it, and the error names every key that
+    does not fit rather than copying a silent subset.
+
+    Returns:
+        part -> number of tensors copied.
+
+    Raises:
+        CheckpointError: a part matches nothing in `source`, or a key is missing or
+            mis-shaped in `model` (each listed, with the file).
+    """
+    source = os.fspath(source)
+    weights = os.path.join(source, WEIGHTS) if os.path.isdir(source) else source
+    if not os.path.isfile(weights):
+        raise FileNotFoundError(f"inherit: no {WEIGHTS} at {source!r} (a save_pretrained dir?)")
+    state = read_tensors(weights, what="AudioLLM weights to inherit")
+    own = model.state_dict()
+    counts, picked = {}, {}
+    for part in parts:
+        keys = [k for k in state if k == part or k.startswith(part + ".")]
+        if not keys:
+            known = ", ".join(sorted({k.split(".")[0] for k in state}))
+            raise CheckpointError(
+                f"inherit: part {part!r} has no tensors in {weights} (its parts: {known})"
+            )
+        counts[part] = len(keys)
+        picked.update({k: state[k] for k in keys})
+    problems = key_problems(own, picked) if picked else []
+    missing_here = [k for k in picked if k not in own]
+    mis = [k for k in picked if k in own and tuple(own[k].shape) != tuple(picked[k].shape)]
+    if missing_here or mis:
+        detail = [p for p in problems if not p.split(" ", 2)[1].startswith("missing")]
+        raise CheckpointError(
+            f"inherit: {weights} does not fit AudioLLM {model.config.name!r} for parts "
+            f"{list(parts)} (a different width or other encoders?): " + " | ".join(detail)
+        )
+    with torch.no_grad():
+        for k, v in picked.items():
+            own[k].copy_(v.to(dtype=own[k].dtype))
+    return counts
 
 
 def key_problems(
