@@ -282,9 +282,11 @@ def pretrain_audio_encoder(
     calibrate_batchnorm(model, waves, lengths)
     model.train()
     model.init_bn.eval()  # keep the calibrated statistics: train and eval see the same input
+    with torch.no_grad():  # the front end is fixed: each clip's log-mel once, not every step
+        specs = torch.cat([model.spectrogram(w) for w in waves.split(256)])
     loss_value = _fit(
         model, lambda idx: F.binary_cross_entropy_with_logits(
-            _tag_logits(model, waves[idx], lengths[idx]), targets[idx]),
+            _tag_logits(model, waves[idx], lengths[idx], specs[idx]), targets[idx]),
         len(train_items), steps=steps, batch_size=batch_size, lr=lr, seed=seed, clip=None,
         desc="audio encoder (tags)", progress=progress,
     )  # fmt: skip
@@ -322,10 +324,10 @@ def _tag_targets(items: Sequence[Item], tags: list[str]) -> Tensor:
     return y
 
 
-def _tag_logits(model, waves: Tensor, lengths: Tensor) -> Tensor:
+def _tag_logits(model, waves: Tensor, lengths: Tensor, spec: Tensor | None = None) -> Tensor:
     """[b, k] tag logits: CED's `outputlayer` on the mean of each clip's valid tokens."""
     pad = torch.arange(waves.shape[1])[None, :] >= lengths[:, None]
-    tokens, token_pad = model.extract_features(waves, pad)
+    tokens, token_pad = model.extract_features(waves, pad, spec=spec)
     keep = (~token_pad).float()[..., None]
     pooled = (tokens * keep).sum(1) / keep.sum(1).clamp(min=1.0)
     return model.outputlayer(pooled)
@@ -385,9 +387,17 @@ def pretrain_lm(
         mask[i, : len(r)] = 1
     labels = ids.masked_fill(mask == 0, -100)
 
+    causal = torch.ones(n, n, dtype=torch.bool).tril()
+    sdpa = model.config._attn_implementation == "sdpa"  # eager adds its mask as floats
+
     def loss_of(idx: Tensor) -> Tensor:
         width = int(mask[idx].sum(1).max())
-        return model(input_ids=ids[idx, :width], attention_mask=mask[idx, :width],
+        # the [b, 1, n, n] mask SDPA gets (causal and not padding), built here: transformers
+        # would build the same booleans through torch.vmap on every step
+        keep = causal[:width, :width] & mask[idx, None, None, :width].bool() if sdpa else None
+        if keep is None:
+            keep = mask[idx, :width]
+        return model(input_ids=ids[idx, :width], attention_mask=keep,
                      labels=labels[idx, :width]).loss  # fmt: skip
 
     model.train()
@@ -448,8 +458,7 @@ def build_foundation(cfg, paths: dict[str, str], timings: dict | None = None) ->
     Returns:
         {"speech_encoder", "audio_encoder", "teacher_lm", "student_lm"} directories.
     """
-    root = Path(cfg.out_dir) / "foundation"
-    found = {name: str(root / name) for name in FOUNDATION_PARTS}
+    found = foundation_dirs(cfg)
     todo = []
     for name in FOUNDATION_PARTS:
         if is_done(found[name]):
@@ -467,6 +476,12 @@ def build_foundation(cfg, paths: dict[str, str], timings: dict | None = None) ->
 
 
 FOUNDATION_PARTS = ("speech_encoder", "audio_encoder", "teacher_lm", "student_lm")
+
+
+def foundation_dirs(cfg) -> dict[str, str]:
+    """Where each foundation part is saved: `<out>/foundation/<part>`."""
+    root = Path(cfg.out_dir) / "foundation"
+    return {name: str(root / name) for name in FOUNDATION_PARTS}
 
 
 def _pretrain_part(cfg, paths: dict[str, str], name: str, out: str) -> float:

@@ -281,7 +281,7 @@ class CED(nn.Module):
         return last_frame[None] > clean[:, None, None]
 
     def extract_features(
-        self, waveforms: Tensor, padding_mask: Tensor | None = None
+        self, waveforms: Tensor, padding_mask: Tensor | None = None, spec: Tensor | None = None
     ) -> tuple[Tensor, Tensor | None]:
         """Encoder features of raw audio, time-major.
 
@@ -297,8 +297,11 @@ class CED(nn.Module):
             unchanged. A single clip with no padding samples whose last chunk is zero-padded
             runs unmasked, as the original CED does (`single_clip_as_original`), and
             returns None for the mask: its outputs then match the original's, tail included.
+            spec: `self.spectrogram(waveforms)` when the caller has it already (the front
+                end is fixed, so a training loop over the same clips computes it once).
         """
-        spec = self.spectrogram(waveforms)  # [b, c, m]
+        if spec is None:
+            spec = self.spectrogram(waveforms)  # [b, c, m]
         spec = self._normalise(spec)
         n, length = self._chunk_layout(spec.shape[-1])
         if length < self.cfg.patch_stride:
