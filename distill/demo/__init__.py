@@ -9,9 +9,10 @@
 3. Teacher and students (`stages.py`, `world.py`): the SALMONN recipe over those parts
    (frozen encoders; Q-Former, projection and LoRA train). The teacher pseudo-labels the
    clips the students have no label for. Over several seeds, a distilled student
-   (`arms.BEST`: CE on labels and the teacher's pseudo-labels, plus matching the teacher's
-   Q-Former windows by cosine and by a contrastive term) and a CE-only student (the
-   labelled subset) train for the same steps, side by side (`DemoConfig.jobs`).
+   (`arms.BEST`: CE on labels and the teacher's pseudo-labels, plus a contrastive term
+   that makes each student Q-Former window pick out the teacher's window of the same
+   clip and time) and a CE-only student (the labelled subset) train for the same steps,
+   side by side (`DemoConfig.jobs`).
 4. Report: the student-versus-teacher report of seed 0, and the seed table with mean ± std,
    paired bootstrap 95 % CIs over test items, verdicts and the share of the gap closed.
 

@@ -50,3 +50,34 @@ def run_parallel(fn: Callable[..., Any], calls: Sequence[tuple], jobs: int) -> l
             stacklevel=2,
         )
     return [results[i] if i in results else fn(*args) for i, args in enumerate(calls)]
+
+
+class _Inline:
+    """An executor that runs each call at `submit` (one job: no processes to spawn)."""
+
+    def submit(self, fn: Callable[..., Any], *args: Any):
+        from concurrent.futures import Future
+
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args))
+        except BaseException as err:  # delivered by .result(), as a pool would
+            future.set_exception(err)
+        return future
+
+
+@contextlib.contextmanager
+def executor(jobs: int) -> Iterator[Any]:
+    """`jobs` spawned worker processes (a `ProcessPoolExecutor`), or inline calls for 1.
+
+    For pipelines whose stages depend on each other (submit, then `.result()` where a later
+    stage needs it); the caller may work in this process meanwhile.
+    """
+    if jobs <= 1:
+        yield _Inline()
+        return
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+        yield pool

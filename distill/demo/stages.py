@@ -47,13 +47,46 @@ def audio_llm_config(cfg: DemoConfig, found: dict[str, str], role: str) -> dict[
         "second_per_window": cfg.second_per_window,
         "second_stride": cfg.second_per_window,
         "lora": True,
-        "lora_rank": 8,
-        "lora_alpha": 32,
+        "lora_rank": 8 if role == "teacher" else cfg.student_lora_rank,
+        "lora_alpha": 32 if role == "teacher" else 4 * cfg.student_lora_rank,
         "lora_dropout": 0.05,
         "lora_targets": list(cfg.teacher_lora if role == "teacher" else cfg.student_lora),
         "qformer_dropout": 0.0,
         "end_sym": tok.eos_token,
         "max_txt_len": 64,
+    }
+
+
+def encoders_config(cfg: DemoConfig, found: dict[str, str], tokenizer_dir: str) -> dict[str, Any]:
+    """An AudioLLMConfig over the foundation's frozen encoders, a tiny random LM standing in.
+
+    What the frozen-feature store reads (the encoders' rows and `frozen_fingerprint`, which
+    no LM enters), so the store can be built before either LM has finished pretraining.
+    """
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
+    ced = read_done(found["audio_encoder"])
+    llm = {"model_type": "llama", "vocab_size": len(tok), "hidden_size": 8,
+           "intermediate_size": 16, "num_hidden_layers": 1, "num_attention_heads": 1,
+           "num_key_value_heads": 1, "bos_token_id": tok.bos_token_id,
+           "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id}  # fmt: skip
+    return {
+        "name": "demo-encoders",
+        "whisper_path": found["speech_encoder"],
+        "audio_encoder": "ced",
+        "audio_encoder_path": str(Path(found["audio_encoder"]) / "model.safetensors"),
+        "audio_encoder_config": ced["config"],
+        "llm_config": llm,
+        "tokenizer_path": tokenizer_dir,
+        "end_sym": tok.eos_token,
+        "qformer_hidden": 8,
+        "qformer_layers": 1,
+        "qformer_heads": 1,
+        "qformer_ffn": 16,
+        "second_per_window": cfg.second_per_window,
+        "second_stride": cfg.second_per_window,
+        "lora": False,
     }
 
 
@@ -71,18 +104,18 @@ def make_recipe(
     teacher: dict | None = None,
     test: str | None = None,
     out_dir: Path | None = None,
+    inherit: dict | None = None,
 ) -> Recipe:
     """A demo Recipe: the library's loop with the demo's budget."""
+    student = {"_component_": "distill.presets.build_model", "config": model, "seed": seed}
+    if inherit:
+        student["inherit"] = inherit
     return Recipe.from_dict(
         {
             "name": name,
             "output_dir": str(out_dir or Path(cfg.out_dir) / name),
             "seed": seed,
-            "student": {
-                "_component_": "distill.presets.build_model",
-                "config": model,
-                "seed": seed,
-            },
+            "student": student,
             "teacher": teacher,
             "loss": loss,
             "data": {
@@ -124,7 +157,7 @@ def make_recipe(
     )
 
 
-def ctc_aid(model: dict[str, Any]) -> dict[str, Any]:
+def ctc_aid(model: dict[str, Any], tasks: tuple[str, ...] = ("asr",)) -> dict[str, Any]:
     """CTC on the Q-Former windows of ASR items: the bridge aid (not distillation).
 
     With frozen encoders and a frozen LM, the Q-Former must learn to carry each window's
@@ -135,7 +168,7 @@ def ctc_aid(model: dict[str, Any]) -> dict[str, Any]:
 
     vocab = len(AutoTokenizer.from_pretrained(model["llm_path"], local_files_only=True))
     return {"_component_": "losses.CTCAux", "width": model["qformer_hidden"],
-            "vocab_size": vocab, "field": "qformer"}  # fmt: skip
+            "vocab_size": vocab, "field": "qformer", "tasks": list(tasks)}  # fmt: skip
 
 
 def teacher_recipe(cfg: DemoConfig, paths: dict[str, str], found: dict[str, str]) -> Recipe:
@@ -156,23 +189,40 @@ def is_done(run_dir: str | Path) -> bool:
 
 def train_and_evaluate(recipe: Recipe, role: str, timings: dict[str, float] | None = None) -> Path:
     """Fit the recipe and evaluate its model on `data.test` (reused when already done)."""
+    out = Path(recipe.output_dir)
+    if is_done(out):
+        print(f"[demo] {recipe.name}: reusing {out}")
+        return out
+    train(recipe, timings)
+    return evaluate(recipe, role, timings)
+
+
+def train(recipe: Recipe, timings: dict[str, float] | None = None) -> Path:
+    """Fit the recipe unless its final model is already saved; return its run dir."""
+    out = Path(recipe.output_dir)
+    if (out / "model" / "config.json").is_file():
+        return out
+    print(f"[demo] training {recipe.name} ({recipe.optim.max_steps} steps)")
+    t = time.perf_counter()
+    recipe.fit()
+    if timings is not None:
+        timings[f"{recipe.name}_train_s"] = round(time.perf_counter() - t, 1)
+    return out
+
+
+def evaluate(recipe: Recipe, role: str, timings: dict[str, float] | None = None) -> Path:
+    """Evaluate the recipe's trained model on `data.test` into `<run>/eval` (reused)."""
     from distill.engine.evaluate import evaluate_one
     from distill.modeling.audio_llm import AudioLLM
 
     out = Path(recipe.output_dir)
     if is_done(out):
-        print(f"[demo] {recipe.name}: reusing {out}")
         return out
-    print(f"[demo] training {recipe.name} ({recipe.optim.max_steps} steps)")
-    t = time.perf_counter()
-    recipe.fit()
-    t_train = time.perf_counter() - t
     t = time.perf_counter()
     model = AudioLLM.from_pretrained(out / "model")
     evaluate_one(model, out / "eval", name=recipe.name, role=role, recipe=recipe,
                  model_dir=out / "model")  # fmt: skip
     if timings is not None:
-        timings[f"{recipe.name}_train_s"] = round(t_train, 1)
         timings[f"{recipe.name}_eval_s"] = round(time.perf_counter() - t, 1)
     return out
 

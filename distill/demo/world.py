@@ -8,20 +8,27 @@ from __future__ import annotations
 import copy
 import json
 import time
-from dataclasses import dataclass
+import warnings
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from distill.demo.arms import arm, with_aid
+from distill._instantiate import ConfigError
+from distill.demo.arms import INHERIT_PARTS, arm, with_aid
 from distill.demo.config import DemoConfig
 from distill.demo.corpus import make_data
 from distill.demo.foundation import build_foundation
+from distill.demo.foundation import is_done as foundation_is_done
 from distill.demo.stages import (
     audio_llm_config,
     ctc_aid,
+    encoders_config,
+    evaluate,
     is_done,
     make_recipe,
     pseudo_label,
     teacher_recipe,
+    train,
     train_and_evaluate,
 )
 
@@ -40,18 +47,30 @@ class World:
         return "equal labels" if f >= 1.0 else f"label-scarce ({f:.0%} of the train labels)"
 
     @property
+    def pseudo_file(self) -> Path:
+        return Path(self.paths["labelled"]).parent / "pseudo_labels.json"
+
+    @property
+    def pseudo_done(self) -> bool:
+        """No pseudo-labels to make: the equal-labels setting, or the file exists."""
+        return self.cfg.student_label_fraction >= 1.0 or self.pseudo_file.is_file()
+
+    @property
     def students_dir(self) -> Path:
         return Path(self.cfg.out_dir) / "students" / f"labels-{self.cfg.student_label_fraction:g}"
 
 
 def prepare(cfg: DemoConfig, timings: dict[str, float] | None = None) -> World:
     """Corpus, tokenizers, label split and foundation models (pretrained and saved)."""
+    from distill.demo._parallel import pinned_threads
+
     timings = {} if timings is None else timings
     t = time.perf_counter()
     paths = make_data(cfg)
     timings["data_s"] = round(time.perf_counter() - t, 1)
     found = build_foundation(cfg, paths, timings)
-    paths["features"] = frozen_features(cfg, paths, found, timings)
+    with pinned_threads(cfg.threads):  # as `build_world` computes it: the same store
+        paths["features"] = frozen_features(cfg, paths, found, timings)
     return World(cfg, paths, found, Path(cfg.out_dir) / "teacher", None)
 
 
@@ -72,7 +91,8 @@ def frozen_features(
     if done.is_file():
         return str(store)
     t = time.perf_counter()
-    model = build_model(config=audio_llm_config(cfg, found, "teacher"), seed=cfg.seed)
+    config = encoders_config(cfg, found, paths["teacher_tokenizer"])  # no LM needed yet
+    model = build_model(config=config, seed=cfg.seed)
     out = build_feature_store(model, [paths["train"], paths["valid"]], store,
                               batch_size=64, progress=cfg.progress)  # fmt: skip
     done.write_text(json.dumps({"file": out.name}) + "\n")
@@ -90,7 +110,7 @@ def add_pseudo_labels(world: World, timings: dict[str, float] | None = None) -> 
     if world.cfg.student_label_fraction >= 1.0:
         return world
     t = time.perf_counter()
-    out = Path(world.paths["labelled"]).parent / "pseudo_labels.json"
+    out = world.pseudo_file
     fresh = not out.is_file()
     world.pseudo = pseudo_label(
         world.cfg, world.teacher_dir, world.paths["unlabelled"], out, world.paths.get("features")
@@ -101,13 +121,86 @@ def add_pseudo_labels(world: World, timings: dict[str, float] | None = None) -> 
 
 
 def build_world(cfg: DemoConfig, timings: dict[str, float]) -> World:
-    """`prepare`, then train and evaluate the teacher, then its pseudo-labels."""
+    """Data, foundation, feature store, teacher, its evaluation and its pseudo-labels.
+
+    The same stages as `prepare` + training the teacher + `add_pseudo_labels`, scheduled on
+    `cfg.jobs` processes so that the path to the students is short: the speech and audio
+    encoders pretrain side by side; the teacher LM follows the audio encoder while the
+    feature store follows the speech encoder; the student LM pretrains beside the teacher's
+    training (here, `cfg.world_threads` threads); the teacher's test evaluation runs beside
+    its pseudo-labels. Every stage has a fixed thread count (`cfg.threads` in workers), so
+    the numbers do not depend on `jobs`; finished stages are reused.
+    """
+    from distill.demo._parallel import executor, pinned_threads
+    from distill.demo.foundation import _pretrain_part, foundation_dirs
+
+    t = time.perf_counter()
+    paths = make_data(cfg)
+    timings["data_s"] = round(time.perf_counter() - t, 1)
+    found = foundation_dirs(cfg)
+    world = World(cfg, paths, found, Path(cfg.out_dir) / "teacher", None)
+    try:
+        with executor(cfg.jobs) as pool:
+
+            def part(name: str):
+                if foundation_is_done(found[name]):
+                    print(f"[demo] foundation {name}: reusing {found[name]}")
+                    return None
+                print(f"[demo] foundation {name}: pretraining")
+                return pool.submit(_pretrain_part, cfg, paths, name, found[name])
+
+            def wait(name: str, future) -> None:
+                if future is not None:
+                    timings[f"foundation_{name}_s"] = future.result()
+
+            speech, audio = part("speech_encoder"), part("audio_encoder")
+            wait("audio_encoder", audio)
+            teacher_lm = part("teacher_lm")  # on the worker the audio encoder freed
+            wait("speech_encoder", speech)
+            store = pool.submit(_features_job, cfg, paths, found)
+            wait("teacher_lm", teacher_lm)
+            paths["features"], seconds = store.result()
+            if seconds is not None:
+                timings["features_s"] = seconds
+            student_lm = part("student_lm")  # beside the teacher's training
+            with pinned_threads(cfg.world_threads):
+                train(teacher(world), timings)
+            evaluation = None
+            if not is_done(world.teacher_dir):
+                evaluation = pool.submit(_evaluate_teacher_job, world)
+            with pinned_threads(cfg.threads):
+                add_pseudo_labels(world, timings)
+            if evaluation is not None:
+                timings.update(evaluation.result())
+            wait("student_lm", student_lm)
+    except BrokenProcessPool:
+        warnings.warn(
+            "distill demo: worker processes died (a script without `if __name__ == "
+            "'__main__':`, or out of memory?); building the rest of the world here, one "
+            "stage at a time",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return build_world(replace(cfg, jobs=1), timings)
+    return world
+
+
+def _features_job(cfg: DemoConfig, paths: dict[str, str], found: dict[str, str]):
     from distill.demo._parallel import pinned_threads
 
-    with pinned_threads(cfg.world_threads):
-        world = prepare(cfg, timings)
-        train_and_evaluate(teacher(world), "teacher", timings)
-        return add_pseudo_labels(world, timings)
+    timings: dict[str, float] = {}
+    with pinned_threads(cfg.threads):
+        store = frozen_features(cfg, paths, found, timings)
+    return store, timings.get("features_s")
+
+
+def _evaluate_teacher_job(world: World) -> dict[str, float]:
+    from distill.demo._parallel import pinned_threads
+
+    timings: dict[str, float] = {}
+    with pinned_threads(world.cfg.threads):
+        evaluate(teacher(world), "teacher", timings)
+    return timings
 
 
 def student_recipe(world: World, arm_name: str, seed: int):
@@ -124,12 +217,21 @@ def student_recipe(world: World, arm_name: str, seed: int):
     if a.teacher:
         signals = {"_component_": "teachers.AudioLLMTeacher",
                    "path": str(world.teacher_dir / "model")}  # fmt: skip
+    if a.inherit:
+        if student["qformer_hidden"] != teacher["qformer_hidden"]:
+            raise ConfigError(
+                f"arm {arm_name!r} inherits the teacher's Q-Former: set student_qformer = "
+                f"teacher_qformer ({teacher['qformer_hidden']}), got {student['qformer_hidden']}"
+            )
+        inherit = {"from": str(world.teacher_dir / "model"), "parts": list(INHERIT_PARTS)}
+    else:
+        inherit = None
     name = f"{arm_name}-s{seed}"
     recipe = make_recipe(
-        cfg, name, model=student, loss=with_aid(copy.deepcopy(a.loss), ctc_aid(student),
+        cfg, name, model=student, loss=with_aid(copy.deepcopy(a.loss), ctc_aid(student, cfg.student_ctc_tasks),
                                                 cfg.ctc_weight), train=train, paths=world.paths,
         steps=cfg.student_steps, lr=cfg.student_lr, seed=seed, teacher=signals,
-        out_dir=world.students_dir / name,
+        out_dir=world.students_dir / name, inherit=inherit,
     )  # fmt: skip
     for key, value in a.train.items():  # e.g. the on-policy arm's sampling settings
         setattr(recipe.train, key, value)
@@ -194,11 +296,7 @@ def _evaluate_valid(world: World, recipe, role: str, timings: dict) -> Path:
     valid_dir = out / "valid"
     if (valid_dir / "metrics.json").is_file():
         return valid_dir
-    if not (out / "model" / "config.json").is_file():
-        t = time.perf_counter()
-        print(f"[demo] training {recipe.name} ({recipe.optim.max_steps} steps)")
-        recipe.fit()
-        timings[f"{recipe.name}_train_s"] = round(time.perf_counter() - t, 1)
+    train(recipe, timings)
     recipe.data.test = world.paths["valid"]
     recipe.eval.efficiency = []  # tuning needs accuracy only
     model = AudioLLM.from_pretrained(out / "model")
