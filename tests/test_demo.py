@@ -147,17 +147,32 @@ def test_quickstart_notebook(tmp_path):
 
 @pytest.mark.slow
 def test_students_side_by_side_equal_one_at_a_time(tmp_path):
-    """`jobs` only changes the wall time: 2 runs at once give the runs of 1 at a time, bit for bit."""
+    """`jobs` only changes the wall time: 2 at once give the runs of 1 at a time, bit for bit.
+
+    The world too: its stages (foundation parts, feature store, teacher beside the student
+    LM, evaluation beside pseudo-labels) overlap with 2 jobs and run in turn with 1.
+    """
     from safetensors.torch import load_file
 
     from distill.demo.config import DemoConfig
     from distill.demo.world import build_world, run_students
 
     jobs = [("ce_only", 0), ("seqkd", 1)]
-    weights = []
+    weights, worlds = [], []
     for n, out in ((1, tmp_path / "serial"), (2, tmp_path / "parallel")):
         cfg = DemoConfig.quick(out_dir=str(out), progress=False, jobs=n, student_seeds=(0, 1))
         world = build_world(cfg, {})
+        lms = [Path(world.found[k]) / "model.safetensors" for k in ("teacher_lm", "student_lm")]
+        pseudo = json.loads(Path(world.pseudo).read_text())["annotation"]
+        teacher_eval = json.loads((world.teacher_dir / "eval" / "metrics.json").read_text())
+        worlds.append(
+            {
+                "teacher": load_file(world.teacher_dir / "model" / "model.safetensors"),
+                "lms": [load_file(f) for f in lms],
+                "pseudo": [(it["id"], it["text"]) for it in pseudo],
+                "teacher_wer": teacher_eval["accuracy"]["asr"]["wer_percent"],
+            }
+        )
         paths = run_students(world, jobs, {})
         assert [p.name for p in paths] == ["ce_only-s0", "seqkd-s1"]
         weights.append([load_file(p / "model" / "model.safetensors") for p in paths])
@@ -167,3 +182,9 @@ def test_students_side_by_side_equal_one_at_a_time(tmp_path):
         assert serial.keys() == parallel.keys()
         for key in serial:
             assert serial[key].equal(parallel[key]), key
+    serial_world, parallel_world = worlds
+    assert serial_world["pseudo"] == parallel_world["pseudo"]
+    assert serial_world["teacher_wer"] == parallel_world["teacher_wer"]
+    for a, b in [(serial_world["teacher"], parallel_world["teacher"]),
+                 *zip(serial_world["lms"], parallel_world["lms"])]:  # fmt: skip
+        assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
