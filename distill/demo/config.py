@@ -69,7 +69,6 @@ class DemoConfig:
     # right word at p ~ 0.25) and 0.59 with every projection, at +25 % step time
     teacher_lora: tuple[str, ...] = LORA_ALL
     student_lora: tuple[str, ...] = LORA_ALL
-    student_lora_rank: int = 8  # SALMONN's r = 8 (alpha = 4 r for any rank)
     student_lr: float = 6e-3  # valid split, 3 seeds: WER of seqkd 8.1 % at 6e-3, 12.9 % at 3e-3
     ctc_weight: float = 1.0  # CTC on the Q-Former windows (every model: not distillation)
     # tasks whose answers the students' CTC aid scores (every student arm alike); the

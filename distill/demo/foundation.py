@@ -394,9 +394,9 @@ def pretrain_lm(
         width = int(mask[idx].sum(1).max())
         # the [b, 1, n, n] mask SDPA gets (causal and not padding), built here: transformers
         # would build the same booleans through torch.vmap on every step
-        keep = causal[:width, :width] & mask[idx, None, None, :width].bool() if sdpa else None
-        if keep is None:
-            keep = mask[idx, :width]
+        keep = mask[idx, :width]
+        if sdpa:
+            keep = causal[:width, :width] & keep[:, None, None, :].bool()
         return model(input_ids=ids[idx, :width], attention_mask=keep,
                      labels=labels[idx, :width]).loss  # fmt: skip
 

@@ -25,30 +25,37 @@ from distill.demo.foundation import read_done
 from distill.recipe import Recipe
 
 
+def _encoder_fields(cfg: DemoConfig, found: dict[str, str]) -> dict[str, Any]:
+    """The frozen encoders (Whisper + CED from the foundation) and the Q-Former windows."""
+    ced = read_done(found["audio_encoder"])
+    return {
+        "whisper_path": found["speech_encoder"],
+        "audio_encoder": "ced",
+        "audio_encoder_path": str(Path(found["audio_encoder"]) / "model.safetensors"),
+        "audio_encoder_config": ced["config"],
+        "second_per_window": cfg.second_per_window,
+        "second_stride": cfg.second_per_window,
+    }
+
+
 def audio_llm_config(cfg: DemoConfig, found: dict[str, str], role: str) -> dict[str, Any]:
     """The AudioLLMConfig dict of the teacher or a student over the foundation parts."""
     from transformers import AutoTokenizer
 
     lm = found[f"{role}_lm"]
     tok = AutoTokenizer.from_pretrained(lm, local_files_only=True)
-    ced = read_done(found["audio_encoder"])
     qformer = cfg.teacher_qformer if role == "teacher" else cfg.student_qformer
     return {
         "name": f"demo-{role}",
-        "whisper_path": found["speech_encoder"],
-        "audio_encoder": "ced",
-        "audio_encoder_path": str(Path(found["audio_encoder"]) / "model.safetensors"),
-        "audio_encoder_config": ced["config"],
+        **_encoder_fields(cfg, found),
         "llm_path": lm,
         "qformer_hidden": qformer,
         "qformer_layers": 2,
         "qformer_heads": 4,
         "qformer_ffn": 2 * qformer,
-        "second_per_window": cfg.second_per_window,
-        "second_stride": cfg.second_per_window,
         "lora": True,
-        "lora_rank": 8 if role == "teacher" else cfg.student_lora_rank,
-        "lora_alpha": 32 if role == "teacher" else 4 * cfg.student_lora_rank,
+        "lora_rank": 8,
+        "lora_alpha": 32,
         "lora_dropout": 0.05,
         "lora_targets": list(cfg.teacher_lora if role == "teacher" else cfg.student_lora),
         "qformer_dropout": 0.0,
@@ -66,17 +73,13 @@ def encoders_config(cfg: DemoConfig, found: dict[str, str], tokenizer_dir: str) 
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
-    ced = read_done(found["audio_encoder"])
     llm = {"model_type": "llama", "vocab_size": len(tok), "hidden_size": 8,
            "intermediate_size": 16, "num_hidden_layers": 1, "num_attention_heads": 1,
            "num_key_value_heads": 1, "bos_token_id": tok.bos_token_id,
            "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id}  # fmt: skip
     return {
         "name": "demo-encoders",
-        "whisper_path": found["speech_encoder"],
-        "audio_encoder": "ced",
-        "audio_encoder_path": str(Path(found["audio_encoder"]) / "model.safetensors"),
-        "audio_encoder_config": ced["config"],
+        **_encoder_fields(cfg, found),
         "llm_config": llm,
         "tokenizer_path": tokenizer_dir,
         "end_sym": tok.eos_token,
@@ -84,8 +87,6 @@ def encoders_config(cfg: DemoConfig, found: dict[str, str], tokenizer_dir: str) 
         "qformer_layers": 1,
         "qformer_heads": 1,
         "qformer_ffn": 16,
-        "second_per_window": cfg.second_per_window,
-        "second_stride": cfg.second_per_window,
         "lora": False,
     }
 

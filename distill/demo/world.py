@@ -51,11 +51,6 @@ class World:
         return Path(self.paths["labelled"]).parent / "pseudo_labels.json"
 
     @property
-    def pseudo_done(self) -> bool:
-        """No pseudo-labels to make: the equal-labels setting, or the file exists."""
-        return self.cfg.student_label_fraction >= 1.0 or self.pseudo_file.is_file()
-
-    @property
     def students_dir(self) -> Path:
         return Path(self.cfg.out_dir) / "students" / f"labels-{self.cfg.student_label_fraction:g}"
 
@@ -227,9 +222,10 @@ def student_recipe(world: World, arm_name: str, seed: int):
     else:
         inherit = None
     name = f"{arm_name}-s{seed}"
+    aid = ctc_aid(student, cfg.student_ctc_tasks)
     recipe = make_recipe(
-        cfg, name, model=student, loss=with_aid(copy.deepcopy(a.loss), ctc_aid(student, cfg.student_ctc_tasks),
-                                                cfg.ctc_weight), train=train, paths=world.paths,
+        cfg, name, model=student, loss=with_aid(copy.deepcopy(a.loss), aid, cfg.ctc_weight),
+        train=train, paths=world.paths,
         steps=cfg.student_steps, lr=cfg.student_lr, seed=seed, teacher=signals,
         out_dir=world.students_dir / name, inherit=inherit,
     )  # fmt: skip

@@ -437,9 +437,9 @@ class AudioLLM(nn.Module):
         if logits or "llm_hidden" in hidden:
             lm = base_causal_lm(self.llama_model)
             # right padding under a causal mask: every pad key sits after every real query
-            # of its row, so the mask changes nothing at the positions read here (a test
-            # checks this bit for bit). Without it the LLM skips a check that reads the
-            # mask (a wait on the device) and SDPA may use its causal kernel.
+            # of its row, so no padding mask is needed at the positions read here (a test
+            # checks this bit for bit), and none is read (no wait on the device). The
+            # causal mask itself is handed over built (`_causal_mask`).
             body = lm.get_decoder()(
                 inputs_embeds=inp["inputs_embeds"],
                 attention_mask=_causal_mask(lm, inp["inputs_embeds"]),
