@@ -150,10 +150,12 @@ def test_students_side_by_side_equal_one_at_a_time(tmp_path):
     """`jobs` only changes the wall time: 2 at once give the runs of 1 at a time, bit for bit.
 
     The world too: its stages (foundation parts, feature store, teacher beside the student
-    LM, evaluation beside pseudo-labels) overlap with 2 jobs and run in turn with 1.
+    LM, evaluation beside pseudo-labels) overlap with 2 jobs and run in turn with 1. With 2
+    jobs the students run on the workers that built the world, as in `distill demo`.
     """
     from safetensors.torch import load_file
 
+    from distill.demo._parallel import executor
     from distill.demo.config import DemoConfig
     from distill.demo.world import build_world, run_students
 
@@ -161,7 +163,9 @@ def test_students_side_by_side_equal_one_at_a_time(tmp_path):
     weights, worlds = [], []
     for n, out in ((1, tmp_path / "serial"), (2, tmp_path / "parallel")):
         cfg = DemoConfig.quick(out_dir=str(out), progress=False, jobs=n, student_seeds=(0, 1))
-        world = build_world(cfg, {})
+        with executor(n) as pool:
+            world = build_world(cfg, {}, pool)
+            paths = run_students(world, jobs, {}, pool=pool)
         lms = [Path(world.found[k]) / "model.safetensors" for k in ("teacher_lm", "student_lm")]
         pseudo = json.loads(Path(world.pseudo).read_text())["annotation"]
         teacher_eval = json.loads((world.teacher_dir / "eval" / "metrics.json").read_text())
@@ -173,7 +177,6 @@ def test_students_side_by_side_equal_one_at_a_time(tmp_path):
                 "teacher_wer": teacher_eval["accuracy"]["asr"]["wer_percent"],
             }
         )
-        paths = run_students(world, jobs, {})
         assert [p.name for p in paths] == ["ce_only-s0", "seqkd-s1"]
         weights.append([load_file(p / "model" / "model.safetensors") for p in paths])
         metrics = [json.loads((p / "eval" / "metrics.json").read_text()) for p in paths]

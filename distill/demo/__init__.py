@@ -56,6 +56,7 @@ def __getattr__(name: str):
 
 def run_demo(cfg: DemoConfig, fresh: bool = False) -> Path:
     """Run every stage (reusing finished ones); return the report directory."""
+    from distill.demo._parallel import executor
     from distill.demo.world import build_world, run_students
     from distill.report import write_report
     from distill.study_report import write_study_report
@@ -66,9 +67,10 @@ def run_demo(cfg: DemoConfig, fresh: bool = False) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    world = build_world(cfg, timings)
     jobs = [(name, seed) for seed in cfg.student_seeds for name in (BASELINE, BEST)]
-    paths = run_students(world, jobs, timings)
+    with executor(cfg.jobs) as pool:  # one set of workers for the world and the students
+        world = build_world(cfg, timings, pool)
+        paths = run_students(world, jobs, timings, pool=pool)
     runs: dict[str, list[Path]] = {BASELINE: [], BEST: []}
     for (name, _), path in zip(jobs, paths):
         runs[name].append(path)

@@ -21,15 +21,19 @@ def pinned_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def run_parallel(fn: Callable[..., Any], calls: Sequence[tuple], jobs: int) -> list[Any]:
+def run_parallel(
+    fn: Callable[..., Any], calls: Sequence[tuple], jobs: int, pool: Any = None
+) -> list[Any]:
     """`[fn(*args) for args in calls]`, `jobs` at a time in spawned processes.
 
-    `fn` must be a module-level function and its arguments picklable. When the worker
-    processes cannot start (for instance a script that calls the demo at import time,
-    without `if __name__ == "__main__":`, which every spawned process re-runs), the calls
-    that did not finish run here, one at a time, after a warning that says why.
+    `fn` must be a module-level function and its arguments picklable. `pool`, an open
+    `executor(jobs)`, runs the calls on its (already started) workers instead of new ones.
+    When the worker processes cannot start or die (for instance a script that calls the
+    demo at import time, without `if __name__ == "__main__":`, which every spawned process
+    re-runs), the calls that did not finish run here, one at a time, after a warning that
+    says why.
     """
-    if jobs <= 1 or len(calls) <= 1:
+    if jobs <= 1 or len(calls) <= 1 or isinstance(pool, _Inline):
         return [fn(*args) for args in calls]
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
@@ -37,7 +41,11 @@ def run_parallel(fn: Callable[..., Any], calls: Sequence[tuple], jobs: int) -> l
 
     results: dict[int, Any] = {}
     try:
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+        with contextlib.ExitStack() as stack:
+            if pool is None:
+                pool = stack.enter_context(
+                    ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"))
+                )
             futures = [pool.submit(fn, *args) for args in calls]
             for i, f in enumerate(futures):
                 results[i] = f.result()

@@ -56,7 +56,7 @@ def audio_llm_config(cfg: DemoConfig, found: dict[str, str], role: str) -> dict[
         "lora": True,
         "lora_rank": 8,
         "lora_alpha": 32,
-        "lora_dropout": 0.05,
+        "lora_dropout": cfg.lora_dropout,
         "lora_targets": list(cfg.teacher_lora if role == "teacher" else cfg.student_lora),
         "qformer_dropout": 0.0,
         "end_sym": tok.eos_token,

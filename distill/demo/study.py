@@ -38,6 +38,7 @@ def run_study(
     equal_arms: tuple[str, ...] = EQUAL_ARMS,
 ) -> dict[str, Path]:
     """Train and evaluate every arm x seed in each setting; return setting -> report dir."""
+    from distill.demo._parallel import executor
     from distill.demo.world import build_world, run_students, teacher_eval_dir
     from distill.study_report import write_study_report
 
@@ -46,22 +47,23 @@ def run_study(
     reports: dict[str, Path] = {}
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    for setting in settings:
-        fraction = SETTINGS[setting] or cfg.student_label_fraction
-        world = build_world(replace(cfg, student_label_fraction=fraction), timings)
-        names = arms if setting == "scarce" else tuple(a for a in arms if a in equal_arms)
-        order = (BASELINE, *[a for a in names if a != BASELINE])
-        jobs = [(name, seed) for name in order for seed in cfg.student_seeds]
-        paths = run_students(world, jobs, timings, split)
-        runs: dict[str, list[str]] = {name: [] for name in order}
-        for (name, _), path in zip(jobs, paths):
-            runs[name].append(str(path))
-        out = Path(cfg.out_dir) / "study" / f"{split}-labels-{fraction:g}"
-        reports[setting] = write_study_report(
-            runs, out, baseline=BASELINE, teacher=str(teacher_eval_dir(world, split)),
-            title=f"distill study: {len(runs)} arms x {len(cfg.student_seeds)} seeds ({split} split)",
-            setting=world.setting,
-        )  # fmt: skip
+    with executor(cfg.jobs) as pool:  # the same workers for every stage and setting
+        for setting in settings:
+            fraction = SETTINGS[setting] or cfg.student_label_fraction
+            world = build_world(replace(cfg, student_label_fraction=fraction), timings, pool)
+            names = arms if setting == "scarce" else tuple(a for a in arms if a in equal_arms)
+            order = (BASELINE, *[a for a in names if a != BASELINE])
+            jobs = [(name, seed) for name in order for seed in cfg.student_seeds]
+            paths = run_students(world, jobs, timings, split, pool)
+            runs: dict[str, list[str]] = {name: [] for name in order}
+            for (name, _), path in zip(jobs, paths):
+                runs[name].append(str(path))
+            out = Path(cfg.out_dir) / "study" / f"{split}-labels-{fraction:g}"
+            reports[setting] = write_study_report(
+                runs, out, baseline=BASELINE, teacher=str(teacher_eval_dir(world, split)),
+                title=f"distill study: {len(runs)} arms x {len(cfg.student_seeds)} seeds ({split} split)",
+                setting=world.setting,
+            )  # fmt: skip
     timings["total_s"] = round(time.perf_counter() - t0, 1)
     (Path(cfg.out_dir) / "study" / f"timings-{split}.json").write_text(
         json.dumps(timings, indent=1) + "\n"

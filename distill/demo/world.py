@@ -5,6 +5,7 @@ Built once per `DemoConfig.seed` (and label fraction) and reused by every later 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import time
@@ -115,7 +116,7 @@ def add_pseudo_labels(world: World, timings: dict[str, float] | None = None) -> 
     return world
 
 
-def build_world(cfg: DemoConfig, timings: dict[str, float]) -> World:
+def build_world(cfg: DemoConfig, timings: dict[str, float], pool=None) -> World:
     """Data, foundation, feature store, teacher, its evaluation and its pseudo-labels.
 
     The same stages as `prepare` + training the teacher + `add_pseudo_labels`, scheduled on
@@ -124,7 +125,9 @@ def build_world(cfg: DemoConfig, timings: dict[str, float]) -> World:
     feature store follows the speech encoder; the student LM pretrains beside the teacher's
     training (here, `cfg.world_threads` threads); the teacher's test evaluation runs beside
     its pseudo-labels. Every stage has a fixed thread count (`cfg.threads` in workers), so
-    the numbers do not depend on `jobs`; finished stages are reused.
+    the numbers do not depend on `jobs`; finished stages are reused. `pool`, an open
+    `_parallel.executor(cfg.jobs)`, is used instead of a new one (the demo hands the same
+    warm workers to the students).
     """
     from distill.demo._parallel import executor, pinned_threads
     from distill.demo.foundation import _pretrain_part, foundation_dirs
@@ -135,7 +138,9 @@ def build_world(cfg: DemoConfig, timings: dict[str, float]) -> World:
     found = foundation_dirs(cfg)
     world = World(cfg, paths, found, Path(cfg.out_dir) / "teacher", None)
     try:
-        with executor(cfg.jobs) as pool:
+        with contextlib.ExitStack() as stack:
+            if pool is None:
+                pool = stack.enter_context(executor(cfg.jobs))
 
             def part(name: str):
                 if foundation_is_done(found[name]):
@@ -248,17 +253,18 @@ def run_student(world: World, arm_name: str, seed: int, timings: dict, split: st
 
 
 def run_students(
-    world: World, jobs: list[tuple[str, int]], timings: dict, split: str = "test"
+    world: World, jobs: list[tuple[str, int]], timings: dict, split: str = "test", pool=None
 ) -> list[Path]:
     """`run_student` for every (arm, seed) of `jobs`, `world.cfg.jobs` at a time.
 
     Each run gets `cfg.threads` torch threads, in its own process when `cfg.jobs` > 1, so a
-    run's numbers do not depend on how many run beside it. Returns the paths in job order.
+    run's numbers do not depend on how many run beside it; `pool` (an open
+    `_parallel.executor`) runs them on its warm workers. Returns the paths in job order.
     """
     from distill.demo._parallel import run_parallel
 
     calls = [(world, name, seed, split) for name, seed in jobs]
-    results = run_parallel(_student_job, calls, world.cfg.jobs)
+    results = run_parallel(_student_job, calls, world.cfg.jobs, pool)
     for _, t in results:
         timings.update(t)
     return [p for p, _ in results]
