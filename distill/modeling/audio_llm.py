@@ -213,7 +213,9 @@ class AudioLLM(nn.Module):
         The frozen encoders' weights and buffers (Whisper, BEATs/CED), the log-mel front end,
         the encoder configs and the dtype: two models share a feature store
         (`FrozenFeatureCache.save`/`load`) exactly when this matches, e.g. a teacher and a
-        student over the same encoders. Costs one pass over the encoders' bytes.
+        student over the same encoders. Where a checkpoint was loaded from is not part of
+        it (the config's `_name_or_path`), so a run directory that moves keeps its store.
+        Costs one pass over the encoders' bytes.
         """
         import hashlib
         import json
@@ -222,8 +224,9 @@ class AudioLLM(nn.Module):
         parts: list[tuple[str, nn.Module]] = [("log_mel", self.log_mel)]
         if self.config.freeze_whisper:
             parts.append(("speech", self.speech_encoder))
-            h.update(json.dumps(self.speech_encoder.config.to_dict(), sort_keys=True,
-                                default=str).encode())  # fmt: skip
+            speech = self.speech_encoder.config.to_dict()
+            speech.pop("_name_or_path", None)
+            h.update(json.dumps(speech, sort_keys=True, default=str).encode())
         if self.beats is not None and self.config.freeze_audio_encoder:
             parts.append(("audio", self.beats))
             h.update(json.dumps(self.config.audio_encoder_config, sort_keys=True,

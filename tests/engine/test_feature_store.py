@@ -66,6 +66,14 @@ def test_fingerprint_follows_the_encoders_only(make_recipe):
     with torch.no_grad():
         b.speech_llama_proj.weight.add_(1.0)  # the bridge is not part of the rows
     assert a.frozen_fingerprint() == b.frozen_fingerprint()
+    # where the encoder was loaded from (from_pretrained records it) is not what it computes:
+    # a world or run directory copied elsewhere keeps its store
+    before = b.frozen_fingerprint()
+    b.speech_encoder.config._name_or_path = "/elsewhere/foundation/speech_encoder"
+    assert b.frozen_fingerprint() == before
+    b.speech_encoder.config.num_mel_bins += 1  # a config field that shapes the rows does count
+    assert b.frozen_fingerprint() != before
+    b.speech_encoder.config.num_mel_bins -= 1
     with torch.no_grad():
         next(b.speech_encoder.parameters()).view(-1)[0] += 1e-3
     assert a.frozen_fingerprint() != b.frozen_fingerprint()
