@@ -234,6 +234,7 @@ def pseudo_label(
     unlabelled: str,
     out_file: Path,
     store: str | None = None,
+    pool: Any = None,
 ) -> str:
     """The teacher's greedy answers for the unlabelled clips, scored and filtered.
 
@@ -242,12 +243,13 @@ def pseudo_label(
     log-probability (`distill.pseudo`); empty ones, and those under
     `cfg.pseudo_min_logprob` when it is set, are dropped. What was kept and why goes to
     `<out>.stats.json`, with how many kept answers differ from the (hidden) true labels.
+
+    The clips are answered in two halves cut at a generation batch boundary, so the batches
+    (and the answers) are those of one pass; with `pool` (an open `_parallel.executor`) the
+    second half runs on a worker while this process answers the first.
     """
     from distill.data.annotations import read_annotations, write_annotations
-    from distill.engine.features import attach_store
-    from distill.eval.runner import generate_all
-    from distill.modeling.audio_llm import AudioLLM
-    from distill.pseudo import answer_logprobs, filter_pseudo_labels
+    from distill.pseudo import filter_pseudo_labels
 
     out_file = Path(out_file)
     if out_file.is_file():
@@ -255,11 +257,19 @@ def pseudo_label(
     items = read_annotations(unlabelled)
     if not items:
         return write_annotations([], out_file)
-    model = AudioLLM.from_pretrained(Path(teacher_dir) / "model")
-    attach_store(model, store)  # the frozen encoders' rows, computed once for the world
-    texts, _ = generate_all(model, items, num_beams=1, max_new_tokens=cfg.max_new_tokens,
-                            batch_size=64, progress=cfg.progress)  # fmt: skip
-    scores = answer_logprobs(model, items, texts, batch_size=64, progress=cfg.progress)
+    cut = min(len(items), PSEUDO_BATCH * -(-len(items) // (2 * PSEUDO_BATCH)))
+    halves = [items[:cut], items[cut:]] if cut < len(items) else [items]
+    later = [
+        (pool.submit(teacher_answers, cfg, str(teacher_dir), half, store, False) if pool
+         else None, half)
+        for half in halves[1:]
+    ]  # fmt: skip
+    texts, scores = teacher_answers(cfg, str(teacher_dir), halves[0], store, cfg.progress)
+    for future, half in later:
+        more = future.result() if future is not None else (
+            teacher_answers(cfg, str(teacher_dir), half, store, cfg.progress))  # fmt: skip
+        texts.update(more[0])
+        scores.update(more[1])
     kept, stats = filter_pseudo_labels(items, texts, scores, min_logprob=cfg.pseudo_min_logprob)
     truth = {it.id: it.text for it in items}
     info = stats.to_dict() | {
@@ -272,6 +282,29 @@ def pseudo_label(
     out_file.parent.mkdir(parents=True, exist_ok=True)
     (out_file.with_suffix(".stats.json")).write_text(json.dumps(info, indent=1) + "\n")
     return write_annotations(kept, out_file)
+
+
+PSEUDO_BATCH = 64  # clips per generation batch when pseudo-labelling
+
+
+def teacher_answers(
+    cfg: DemoConfig, teacher_dir: str, items: list, store: str | None, progress: bool
+) -> tuple[dict[str, str], dict[str, float]]:
+    """The teacher's greedy answer (id -> text) and its mean token log-probability (id ->
+    score) for each item, `cfg.threads` torch threads (a worker's job, or this process's)."""
+    from distill.demo._parallel import pinned_threads
+    from distill.engine.features import attach_store
+    from distill.eval.runner import generate_all
+    from distill.modeling.audio_llm import AudioLLM
+    from distill.pseudo import answer_logprobs
+
+    with pinned_threads(cfg.threads):
+        model = AudioLLM.from_pretrained(Path(teacher_dir) / "model")
+        attach_store(model, store)  # the frozen encoders' rows, computed once for the world
+        texts, _ = generate_all(model, items, num_beams=1, max_new_tokens=cfg.max_new_tokens,
+                                batch_size=PSEUDO_BATCH, progress=progress)  # fmt: skip
+        scores = answer_logprobs(model, items, texts, batch_size=PSEUDO_BATCH, progress=progress)
+    return texts, scores
 
 
 def _quantiles(values: list[float]) -> dict[str, float]:

@@ -101,16 +101,18 @@ def teacher(world: World):
     return teacher_recipe(world.cfg, world.paths, world.found)
 
 
-def add_pseudo_labels(world: World, timings: dict[str, float] | None = None) -> World:
-    """The trained teacher's answers for the clips the students have no label for."""
+def add_pseudo_labels(world: World, timings: dict[str, float] | None = None, pool=None) -> World:
+    """The trained teacher's answers for the clips the students have no label for.
+
+    `pool` (an open `_parallel.executor`) answers half of the clips on a worker.
+    """
     if world.cfg.student_label_fraction >= 1.0:
         return world
     t = time.perf_counter()
     out = world.pseudo_file
     fresh = not out.is_file()
-    world.pseudo = pseudo_label(
-        world.cfg, world.teacher_dir, world.paths["unlabelled"], out, world.paths.get("features")
-    )
+    world.pseudo = pseudo_label(world.cfg, world.teacher_dir, world.paths["unlabelled"], out,
+                                world.paths.get("features"), pool)  # fmt: skip
     if fresh and timings is not None:
         timings["pseudo_labels_s"] = round(time.perf_counter() - t, 1)
     return world
@@ -123,9 +125,10 @@ def build_world(cfg: DemoConfig, timings: dict[str, float], pool=None) -> World:
     `cfg.jobs` processes so that the path to the students is short: the speech and audio
     encoders pretrain side by side; the teacher LM follows the audio encoder while the
     feature store follows the speech encoder; the student LM pretrains beside the teacher's
-    training (here, `cfg.world_threads` threads); the teacher's test evaluation runs beside
-    its pseudo-labels. Every stage has a fixed thread count (`cfg.threads` in workers), so
-    the numbers do not depend on `jobs`; finished stages are reused. `pool`, an open
+    training (here, `cfg.world_threads` threads); the teacher's test evaluation and half
+    of its pseudo-labels run on the workers while this process answers the other half.
+    Every stage has a fixed thread count (`cfg.threads` in workers), so the numbers do not
+    depend on `jobs`; finished stages are reused. `pool`, an open
     `_parallel.executor(cfg.jobs)`, is used instead of a new one (the demo hands the same
     warm workers to the students).
     """
@@ -169,7 +172,7 @@ def build_world(cfg: DemoConfig, timings: dict[str, float], pool=None) -> World:
             if not is_done(world.teacher_dir):
                 evaluation = pool.submit(_evaluate_teacher_job, world)
             with pinned_threads(cfg.threads):
-                add_pseudo_labels(world, timings)
+                add_pseudo_labels(world, timings, pool)  # half of it on the other worker
             if evaluation is not None:
                 timings.update(evaluation.result())
             wait("student_lm", student_lm)
