@@ -65,6 +65,21 @@ def upcast(x: Tensor) -> Tensor:
     return x if x.dtype == torch.float64 else x.float()
 
 
+def touch_parameters(module: torch.nn.Module, like: Tensor) -> Tensor:
+    """A zero that depends on every trainable parameter of `module` (a loss's own heads).
+
+    For a loss's "nothing to score in this batch" path: under DDP every process must use
+    every parameter in each backward, or their gradient all-reduces fall out of step (a
+    rank whose batch holds no ASR item left the CTC head's bias without a gradient and the
+    two processes' collectives mismatched).
+    """
+    zero = like.sum() * 0.0
+    for p in module.parameters():
+        if p.requires_grad:
+            zero = zero + p.sum().to(zero.dtype) * 0.0
+    return zero
+
+
 def masked_sum(values: Tensor, mask: Tensor) -> Tensor:
     """Sum of `values` [b, n] where `mask` [b, n] is True; masked entries never propagate NaN."""
     return torch.where(mask, values, values.new_zeros(())).sum()

@@ -23,7 +23,14 @@ import torch
 from torch import nn
 
 from distill.contracts import LossOutput, ModelOutputs, TeacherSignals
-from losses._reduce import LossInputError, check_finite, check_pair, check_result, upcast
+from losses._reduce import (
+    LossInputError,
+    check_finite,
+    check_pair,
+    check_result,
+    touch_parameters,
+    upcast,
+)
 
 
 class QFormerContrastive(nn.Module):
@@ -98,7 +105,7 @@ class QFormerContrastive(nn.Module):
         z_s = nn.functional.normalize(upcast(self.student_proj(s[mask])), dim=-1)
         z_t = nn.functional.normalize(upcast(self.teacher_proj(t[mask])), dim=-1)
         if z_s.shape[0] == 0:
-            loss = upcast(s).sum() * 0.0
+            loss = touch_parameters(self, upcast(s))  # every parameter used (DDP)
             return LossOutput(loss=loss, metrics={"loss": 0.0, "windows": 0.0})
         scores = z_s @ z_t.T * self.log_scale.exp().to(z_s.dtype)
         target = torch.arange(scores.shape[0], device=scores.device)

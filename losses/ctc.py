@@ -26,7 +26,14 @@ from einops import rearrange
 from torch import nn
 
 from distill.contracts import LossOutput, ModelOutputs, TeacherSignals
-from losses._reduce import LossInputError, check_finite, check_result, checks_enabled, upcast
+from losses._reduce import (
+    LossInputError,
+    check_finite,
+    check_result,
+    checks_enabled,
+    touch_parameters,
+    upcast,
+)
 
 
 class CTCAux(nn.Module):
@@ -74,8 +81,9 @@ class CTCAux(nn.Module):
         check_finite(f"student.{self.field}", feats_all)
         tasks = student.tasks or [self.tasks[0]] * student.batch_size
         rows = [i for i, task in enumerate(tasks) if task in self.tasks]
-        # no ASR item: a zero that still touches the head, so DDP sees every parameter used
-        zero = (feats_all.sum() + self.head.weight.sum()) * 0.0
+        # no ASR item: a zero that still touches the head (weight and bias), so that under
+        # DDP every process uses every parameter
+        zero = touch_parameters(self, feats_all)
         if not rows or student.sampled:  # the student's own samples are no transcripts
             return LossOutput(loss=zero, metrics={"ctc": zero.detach(), "loss": zero.detach()})
         # end_sym tokens are zero-width at the end of the answer; CTC scores the words only

@@ -80,6 +80,14 @@ def test_padding_all_masked_and_item_zero_counts():
     assert loss(s, t).metrics["loss"] == pytest.approx(naive(s, t, 0.2), abs=1e-10)
     s.qformer_mask[:] = False
     assert loss(s, t).loss.item() == 0.0
+    # nothing to score still touches the projections and the temperature (DDP: every
+    # process must use every parameter)
+    learned = QFormerContrastive(student_dim=3, teacher_dim=5, proj_dim=4,
+                                 learn_temperature=True).double()  # fmt: skip
+    s2, t2 = pair(b=2, w=3, seed=3, valid=[0, 0], ds=3, dt=5)
+    learned(s2, t2).loss.backward()
+    for name, p in learned.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() == 0, name
 
 
 def test_projection_and_temperature_are_trained():

@@ -85,6 +85,12 @@ def test_only_asr_items_count_and_each_counts():
     assert abs(float((moved - base).detach())) > 1e-3
     none = loss_fn(_outputs(speech, tokens, [2, 2], ["audiocaption_v2"] * 2)).loss
     assert none.item() == 0.0 and none.requires_grad
+    # with no ASR item every parameter still gets a (zero) gradient: under DDP a parameter
+    # left without one on one process puts the processes' all-reduces out of step
+    loss_fn.zero_grad(set_to_none=True)
+    none.backward()
+    for name, p in loss_fn.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() == 0, name
 
 
 def test_gradcheck_and_global_normaliser():
