@@ -113,3 +113,25 @@ def test_lm_texts_have_chat_and_copy_lines(world):
     assert f"USER: <Speech></Speech> {it.prompt}\nASSISTANT: {it.text}" in lines
     assert f"USER: <Speech>{it.text}</Speech> {it.prompt}\nASSISTANT: {it.text}" in lines
     assert len(lines) == len(set(lines))
+
+
+def test_feature_store_is_rebuilt_when_its_fingerprint_is_stale(world):
+    """A world whose store was written under another fingerprint (an older version's) gets
+    the store its encoders find, with the same rows; a current one is reused untouched."""
+    from safetensors.torch import load_file
+
+    from distill.demo.world import frozen_features
+
+    cfg, paths, found = world
+    store = Path(frozen_features(cfg, paths, found, {}))
+    (current,) = store.glob("*.safetensors")
+    rows = load_file(current)
+    stamp = current.stat().st_mtime_ns
+    assert frozen_features(cfg, paths, found, {}) == str(store)
+    assert current.stat().st_mtime_ns == stamp  # reused, not rewritten
+    current.rename(store / "0123456789abcdef01234567.safetensors")  # a stale fingerprint
+    timings: dict = {}
+    frozen_features(cfg, paths, found, timings)
+    assert current.is_file() and "features_s" in timings
+    again = load_file(current)
+    assert again.keys() == rows.keys() and all(again[k].equal(rows[k]) for k in rows)

@@ -80,15 +80,22 @@ def frozen_features(
     student of the demo and the study (`train.feature_store`).
     """
     from distill.engine.features import build_feature_store
+    from distill.modeling.feature_cache import FrozenFeatureCache
     from distill.presets import build_model
 
     store = Path(cfg.out_dir) / "features"
     done = store / "done.json"
-    if done.is_file():
-        return str(store)
     t = time.perf_counter()
     config = encoders_config(cfg, found, paths["teacher_tokenizer"])  # no LM needed yet
     model = build_model(config=config, seed=cfg.seed)
+    if (
+        done.is_file()
+        and FrozenFeatureCache.store_file(store, model.frozen_fingerprint()).is_file()
+    ):
+        return str(store)
+    # none yet, or one under another fingerprint (written by an older version, whose
+    # fingerprint hashed other things): every later model would miss it and run its
+    # encoders live, so write the store these encoders find
     out = build_feature_store(model, [paths["train"], paths["valid"]], store,
                               batch_size=64, progress=cfg.progress)  # fmt: skip
     done.write_text(json.dumps({"file": out.name}) + "\n")
