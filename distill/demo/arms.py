@@ -57,7 +57,8 @@ SEED_ATTEMPTS = ("kl_ce", "mlot_contrastive", "ddat_contrastive", "ddat_mse")
 STUDY_ARMS = ("ce_only", *SEED_ATTEMPTS, "seqkd", "seqkd_contrastive")
 # chosen on the valid split (seeds 0 1 2, 10 % labels, student LM 96 wide; WER % / CIDEr-D,
 # per seed) as the arm whose worst seed closes the most of the CE-to-teacher gap on both
-# metrics. Current settings (LoRA dropout 0, teacher 500 steps: 1.7 / 1.99):
+# metrics. Current settings (LoRA dropout 0, teacher 500 steps: 1.7 / 1.99; these runs
+# computed their encoder rows live, a copied world having missed its store):
 #   ce_only                 9.2 9.6 7.3 / 0.84 1.28 1.46
 #   seqkd_contrastive       5.9 2.9 3.1 / 1.39 1.22 1.74  gap closed 44 85 75 / 48 -9 54 %
 # and with 400 student steps (CE-only 9.2 10.1 7.5 / 1.06 1.06 1.51): seqkd_contrastive
