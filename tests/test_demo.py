@@ -146,7 +146,7 @@ def test_quickstart_notebook(tmp_path):
 
 
 @pytest.mark.slow
-def test_students_side_by_side_equal_one_at_a_time(tmp_path):
+def test_students_side_by_side_equal_one_at_a_time(tmp_path, monkeypatch):
     """`jobs` only changes the wall time: 2 at once give the runs of 1 at a time, bit for bit.
 
     The world too: its stages (foundation parts, feature store, teacher beside the student
@@ -187,6 +187,21 @@ def test_students_side_by_side_equal_one_at_a_time(tmp_path):
             assert serial[key].equal(parallel[key]), key
     serial_world, parallel_world = worlds
     assert serial_world["pseudo"] == parallel_world["pseudo"]
+    # answered in two halves (cut at a batch boundary), the pseudo-labels are the answers of
+    # one pass over the clips with the same batches
+    from distill.data.annotations import read_annotations
+    from distill.demo import stages
+
+    monkeypatch.setattr(stages, "PSEUDO_BATCH", 8)  # several batches in the quick world
+    unlabelled = read_annotations(world.paths["unlabelled"])
+    assert len(unlabelled) > 2 * 8
+    out = stages.pseudo_label(world.cfg, world.teacher_dir, world.paths["unlabelled"],
+                              tmp_path / "halves" / "pseudo.json", world.paths["features"])  # fmt: skip
+    halves = [(it["id"], it["text"]) for it in json.loads(Path(out).read_text())["annotation"]]
+    one_pass, _ = stages.teacher_answers(world.cfg, str(world.teacher_dir), unlabelled,
+                                         world.paths["features"], False)  # fmt: skip
+    expected = [(it.id, one_pass[it.id].strip()) for it in unlabelled if one_pass[it.id].strip()]
+    assert halves == expected
     assert serial_world["teacher_wer"] == parallel_world["teacher_wer"]
     for a, b in [(serial_world["teacher"], parallel_world["teacher"]),
                  *zip(serial_world["lms"], parallel_world["lms"])]:  # fmt: skip

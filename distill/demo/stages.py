@@ -258,16 +258,14 @@ def pseudo_label(
     if not items:
         return write_annotations([], out_file)
     cut = min(len(items), PSEUDO_BATCH * -(-len(items) // (2 * PSEUDO_BATCH)))
-    halves = [items[:cut], items[cut:]] if cut < len(items) else [items]
-    later = [
-        (pool.submit(teacher_answers, cfg, str(teacher_dir), half, store, False) if pool
-         else None, half)
-        for half in halves[1:]
-    ]  # fmt: skip
-    texts, scores = teacher_answers(cfg, str(teacher_dir), halves[0], store, cfg.progress)
-    for future, half in later:
-        more = future.result() if future is not None else (
-            teacher_answers(cfg, str(teacher_dir), half, store, cfg.progress))  # fmt: skip
+    first, rest = items[:cut], items[cut:]
+    later = None
+    if rest and pool is not None:
+        later = pool.submit(teacher_answers, cfg, str(teacher_dir), rest, store, False)
+    texts, scores = teacher_answers(cfg, str(teacher_dir), first, store, cfg.progress)
+    if rest:
+        more = later.result() if later is not None else (
+            teacher_answers(cfg, str(teacher_dir), rest, store, cfg.progress))  # fmt: skip
         texts.update(more[0])
         scores.update(more[1])
     kept, stats = filter_pseudo_labels(items, texts, scores, min_logprob=cfg.pseudo_min_logprob)
