@@ -67,6 +67,14 @@ def test_demo_quick_end_to_end(tmp_path):
     config = (out / "students" / "labels-0.5" / f"{BEST}-s0" / "config.yaml").read_text()
     assert "whisper_path" in config and "foundation/speech_encoder" in config
     assert "pseudo_labels.json" in config  # the distilled student trains on pseudo-labels
+    # the teacher trained data-parallel: 2 processes of half the batch each
+    import yaml
+
+    from distill.demo.config import DemoConfig
+
+    teacher = yaml.safe_load((out / "teacher" / "config.yaml").read_text())
+    assert teacher["data"]["batch_size"] == DemoConfig.quick().batch_size // 2
+    assert "data-parallel: 2 processes" in proc.stdout
     # the README's demo table has the form of the table this metrics.json gives
     from distill.demo import figures_table
 

@@ -1,4 +1,5 @@
-"""`distill.demo._parallel.run_parallel`: order, results, and the serial fallback."""
+"""`distill.demo._parallel`: `run_parallel`'s order, results and serial fallback; `data_parallel`'s
+process group and its failures."""
 
 import multiprocessing as mp
 import os
@@ -6,7 +7,7 @@ import time
 
 import pytest
 
-from distill.demo._parallel import executor, run_parallel
+from distill.demo._parallel import data_parallel, executor, run_parallel
 
 
 def _square_with_pid(x: int) -> tuple[int, int]:
@@ -55,3 +56,57 @@ def test_an_inline_pool_runs_here():
     with executor(1) as pool:
         out = run_parallel(_square_with_pid, [(3,), (4,)], jobs=2, pool=pool)
     assert out == [(9, os.getpid()), (16, os.getpid())]
+
+
+def _reduce_ranks(out_dir: str) -> None:
+    """Each process: what Accelerate sees, and a sum over the processes, written to a file."""
+    import json
+    from pathlib import Path
+
+    import torch
+    from accelerate import Accelerator
+
+    acc = Accelerator(cpu=True)
+    total = acc.reduce(torch.tensor(float(acc.process_index + 1)), "sum")
+    Path(out_dir, f"rank{acc.process_index}.json").write_text(json.dumps({
+        "processes": acc.num_processes, "distributed": str(acc.distributed_type),
+        "sum": float(total), "threads": torch.get_num_threads(), "pid": os.getpid(),
+    }))  # fmt: skip
+
+
+def test_data_parallel_processes_form_one_accelerate_world(tmp_path):
+    import json
+
+    data_parallel(_reduce_ranks, (str(tmp_path),), processes=2, threads=1)
+    seen = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    for rank in seen:
+        assert rank["processes"] == 2 and rank["distributed"].endswith("MULTI_CPU")
+        assert rank["sum"] == 3.0  # 1 + 2: the reduce crossed the processes
+        assert rank["threads"] == 1
+    assert len({os.getpid(), *(r["pid"] for r in seen)}) == 3
+
+
+def _rank1_fails(_: int) -> None:
+    import torch.distributed as dist
+    from accelerate import Accelerator
+
+    acc = Accelerator(cpu=True)
+    if acc.process_index == 1:
+        raise ValueError("rank 1 broke")
+    dist.barrier()  # would wait for rank 1 forever
+
+
+def test_a_failed_process_stops_the_others_and_is_named():
+    t = time.perf_counter()
+    with pytest.raises(RuntimeError, match="process 1 of 2 failed first: ValueError: rank 1 broke"):
+        data_parallel(_rank1_fails, (0,), processes=2)
+    assert time.perf_counter() - t < 120  # rank 0 did not hang in its barrier
+
+
+def test_teacher_processes_must_divide_the_batch():
+    from distill._instantiate import ConfigError
+    from distill.demo.config import DemoConfig
+
+    with pytest.raises(ConfigError, match="teacher_processes must be >= 1 and divide batch_size"):
+        DemoConfig(batch_size=16, teacher_processes=3)
+    assert DemoConfig(batch_size=16, teacher_processes=4).teacher_processes == 4

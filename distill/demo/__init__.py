@@ -140,6 +140,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--student-steps", type=int, default=None)
     parser.add_argument("--jobs", type=int, default=None,
                         help="student runs side by side, 1 torch thread each (default 2)")  # fmt: skip
+    parser.add_argument(
+        "--teacher-processes", type=int, default=None,
+        help="data-parallel processes of the teacher's training (default 2; 1 = one process)",
+    )  # fmt: skip
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -149,7 +153,7 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
         kw["student_seeds"] = tuple(args.student_seeds)
     if args.label_fraction is not None:
         kw["student_label_fraction"] = args.label_fraction
-    for name in ("teacher_steps", "student_steps", "jobs"):
+    for name in ("teacher_steps", "student_steps", "jobs", "teacher_processes"):
         if getattr(args, name) is not None:
             kw[name] = getattr(args, name)
     return DemoConfig.quick(**kw) if args.quick else DemoConfig(**kw)

@@ -15,8 +15,10 @@ as in SALMONN. Every stage is a `Recipe`: the library's own loop, checkpoints an
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -172,16 +174,80 @@ def ctc_aid(model: dict[str, Any], tasks: tuple[str, ...] = ("asr",)) -> dict[st
             "vocab_size": vocab, "field": "qformer", "tasks": list(tasks)}  # fmt: skip
 
 
-def teacher_recipe(cfg: DemoConfig, paths: dict[str, str], found: dict[str, str]) -> Recipe:
-    """SALMONN's recipe over the foundation parts: CE (+ the CTC aid) on every train label."""
+def teacher_recipe(
+    cfg: DemoConfig, paths: dict[str, str], found: dict[str, str], processes: int = 1
+) -> Recipe:
+    """SALMONN's recipe over the foundation parts: CE (+ the CTC aid) on every train label.
+
+    `processes`: how many data-parallel processes will run it; each gets
+    `cfg.batch_size / processes` clips a step, so the global batch is `cfg.batch_size`.
+    """
     from distill.demo.arms import with_aid
 
     model = audio_llm_config(cfg, found, "teacher")
     loss = with_aid({"_component_": "losses.CE"}, ctc_aid(model), cfg.ctc_weight)
-    return make_recipe(
+    recipe = make_recipe(
         cfg, "teacher", model=model, loss=loss, train=[paths["train"]], paths=paths,
         steps=cfg.teacher_steps, lr=cfg.teacher_lr, seed=cfg.seed,
     )  # fmt: skip
+    recipe.data.batch_size = cfg.batch_size // processes
+    return recipe
+
+
+def train_teacher(
+    cfg: DemoConfig,
+    paths: dict[str, str],
+    found: dict[str, str],
+    timings: dict[str, float] | None = None,
+    group: Any = None,
+) -> Path:
+    """Fit the teacher (unless its final model is saved) as `cfg.teacher_processes` says.
+
+    With more than one process it trains data-parallel, as `accelerate launch --multi_gpu
+    --num_processes N recipes/...` would: Accelerate's DDP (gloo on CPU), `cfg.threads`
+    torch threads and `cfg.batch_size / N` clips per process, rank 0 saving the run; on
+    `group` (from `teacher_group`, started ahead) or on processes started here. With one,
+    it trains here with `cfg.world_threads` threads.
+    """
+    from distill.demo._parallel import ProcessGroup, pinned_threads
+
+    n = cfg.teacher_processes
+    recipe = teacher_recipe(cfg, paths, found, n)
+    out = Path(recipe.output_dir)
+    if n <= 1:
+        with pinned_threads(cfg.world_threads):
+            return train(recipe, timings)
+    if (out / "model" / "config.json").is_file():
+        return out
+    print(f"[demo] training teacher ({recipe.optim.max_steps} steps, data-parallel: {n} "
+          f"processes of {recipe.data.batch_size} clips)")  # fmt: skip
+    t = time.perf_counter()
+    if group is None:
+        with ProcessGroup(n, cfg.threads) as group:
+            group.run(_teacher_rank, (cfg, paths, found))
+    else:
+        group.run(_teacher_rank, (cfg, paths, found))
+    if timings is not None:
+        timings[f"{recipe.name}_train_s"] = round(time.perf_counter() - t, 1)
+    return out
+
+
+@contextlib.contextmanager
+def teacher_group(cfg: DemoConfig) -> Iterator[Any]:
+    """The teacher's data-parallel processes, started now (None when they are not needed:
+    one process, or a teacher already trained); `train_teacher(..., group=)` runs on them."""
+    from distill.demo._parallel import ProcessGroup
+
+    trained = (Path(cfg.out_dir) / "teacher" / "model" / "config.json").is_file()
+    if cfg.teacher_processes <= 1 or trained:
+        yield None
+        return
+    with ProcessGroup(cfg.teacher_processes, cfg.threads) as group:
+        yield group
+
+
+def _teacher_rank(cfg: DemoConfig, paths: dict[str, str], found: dict[str, str]) -> None:
+    teacher_recipe(cfg, paths, found, cfg.teacher_processes).fit()
 
 
 def is_done(run_dir: str | Path) -> bool:

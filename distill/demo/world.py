@@ -10,6 +10,7 @@ import copy
 import json
 import time
 import warnings
+from concurrent import futures
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -28,9 +29,11 @@ from distill.demo.stages import (
     is_done,
     make_recipe,
     pseudo_label,
+    teacher_group,
     teacher_recipe,
     train,
     train_and_evaluate,
+    train_teacher,
 )
 
 
@@ -131,13 +134,14 @@ def build_world(cfg: DemoConfig, timings: dict[str, float], pool=None) -> World:
     The same stages as `prepare` + training the teacher + `add_pseudo_labels`, scheduled on
     `cfg.jobs` processes so that the path to the students is short: the speech and audio
     encoders pretrain side by side; the teacher LM follows the audio encoder while the
-    feature store follows the speech encoder; the student LM pretrains beside the teacher's
-    training (here, `cfg.world_threads` threads); the teacher's test evaluation and half
-    of its pseudo-labels run on the workers while this process answers the other half.
-    Every stage has a fixed thread count (`cfg.threads` in workers), so the numbers do not
-    depend on `jobs`; finished stages are reused. `pool`, an open
-    `_parallel.executor(cfg.jobs)`, is used instead of a new one (the demo hands the same
-    warm workers to the students).
+    feature store, then the student LM, follow the speech encoder; the teacher trains
+    data-parallel over `cfg.teacher_processes` processes of its own (`train_teacher`),
+    started as soon as a core frees so that their imports are done when it starts; its
+    test evaluation and half of its pseudo-labels run on the workers while this process
+    answers the other half. Every stage has a fixed thread and process count
+    (`cfg.threads` in workers), so the numbers do not depend on `jobs`; finished stages
+    are reused. `pool`, an open `_parallel.executor(cfg.jobs)`, is used instead of a new
+    one (the demo hands the same warm workers to the students).
     """
     from distill.demo._parallel import executor, pinned_threads
     from distill.demo.foundation import _pretrain_part, foundation_dirs
@@ -168,13 +172,18 @@ def build_world(cfg: DemoConfig, timings: dict[str, float], pool=None) -> World:
             teacher_lm = part("teacher_lm")  # on the worker the audio encoder freed
             wait("speech_encoder", speech)
             store = pool.submit(_features_job, cfg, paths, found)
+            student_lm = part("student_lm")  # on the worker the store frees
+            # the teacher's processes start (and import) on the first core these free
+            pending = [f for f in (teacher_lm, student_lm) if f is not None]
+            if pending:
+                futures.wait(pending, return_when=futures.FIRST_COMPLETED)
+            group = stack.enter_context(teacher_group(cfg))
             wait("teacher_lm", teacher_lm)
             paths["features"], seconds = store.result()
             if seconds is not None:
                 timings["features_s"] = seconds
-            student_lm = part("student_lm")  # beside the teacher's training
-            with pinned_threads(cfg.world_threads):
-                train(teacher(world), timings)
+            wait("student_lm", student_lm)
+            train_teacher(cfg, paths, found, timings, group)  # its processes take both cores
             evaluation = None
             if not is_done(world.teacher_dir):
                 evaluation = pool.submit(_evaluate_teacher_job, world)
@@ -182,7 +191,6 @@ def build_world(cfg: DemoConfig, timings: dict[str, float], pool=None) -> World:
                 add_pseudo_labels(world, timings, pool)  # half of it on the other worker
             if evaluation is not None:
                 timings.update(evaluation.result())
-            wait("student_lm", student_lm)
     except BrokenProcessPool:
         warnings.warn(
             "distill demo: worker processes died (a script without `if __name__ == "
