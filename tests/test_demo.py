@@ -97,6 +97,7 @@ def test_demo_quick_end_to_end(tmp_path):
     # a second run reuses every finished stage
     again = _cli("demo", "--quick", "--out", str(out), cwd=tmp_path, timeout=300)
     assert again.returncode == 0 and again.stdout.count("reusing") >= 7, again.stdout
+    assert "answering again" not in again.stdout  # the pseudo-labels are this teacher's
 
 
 @pytest.mark.slow

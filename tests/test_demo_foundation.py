@@ -1,5 +1,6 @@
 """The demo's foundation models reload through the real checkpoint fields, bit for bit."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -135,3 +136,22 @@ def test_feature_store_is_rebuilt_when_its_fingerprint_is_stale(world):
     assert current.is_file() and "features_s" in timings
     again = load_file(current)
     assert again.keys() == rows.keys() and all(again[k].equal(rows[k]) for k in rows)
+
+
+def test_pseudo_labels_of_another_teacher_are_not_reused(tmp_path):
+    from distill.demo.stages import pseudo_labels_current, teacher_fingerprint
+
+    teacher = tmp_path / "teacher"
+    (teacher / "model").mkdir(parents=True)
+    weights = teacher / "model" / "model.safetensors"
+    weights.write_bytes(b"the first teacher's weights")
+    out = tmp_path / "pseudo_labels.json"
+    assert not pseudo_labels_current(out, teacher)  # nothing written yet
+    out.write_text('{"annotation": []}\n')
+    stats = out.with_suffix(".stats.json")
+    stats.write_text(json.dumps({"kept": 0}))  # an older version's stats name no teacher
+    assert not pseudo_labels_current(out, teacher)
+    stats.write_text(json.dumps({"teacher": teacher_fingerprint(teacher)}))
+    assert pseudo_labels_current(out, teacher)
+    weights.write_bytes(b"a retrained teacher's weights")
+    assert not pseudo_labels_current(out, teacher)

@@ -318,8 +318,11 @@ def pseudo_label(
     from distill.pseudo import filter_pseudo_labels
 
     out_file = Path(out_file)
-    if out_file.is_file():
+    if pseudo_labels_current(out_file, teacher_dir):
         return str(out_file)
+    if out_file.is_file():
+        print(f"[demo] {out_file}: written by another teacher (or an older version); "
+              "answering again")  # fmt: skip
     items = read_annotations(unlabelled)
     if not items:
         return write_annotations([], out_file)
@@ -337,6 +340,7 @@ def pseudo_label(
     kept, stats = filter_pseudo_labels(items, texts, scores, min_logprob=cfg.pseudo_min_logprob)
     truth = {it.id: it.text for it in items}
     info = stats.to_dict() | {
+        "teacher": teacher_fingerprint(teacher_dir),
         "min_logprob": cfg.pseudo_min_logprob,
         # the demo knows the labels it hid: how clean the kept pseudo-labels are
         "kept_wrong": {t: sum(k.text != truth[k.id] for k in kept if k.task == t)
@@ -344,11 +348,41 @@ def pseudo_label(
         "logprob_quantiles": _quantiles([scores[it.id] for it in items]),
     }  # fmt: skip
     out_file.parent.mkdir(parents=True, exist_ok=True)
+    path = write_annotations(kept, out_file)
+    # last: the stats name the teacher, which marks the answers as this teacher's
     (out_file.with_suffix(".stats.json")).write_text(json.dumps(info, indent=1) + "\n")
-    return write_annotations(kept, out_file)
+    return path
 
 
 PSEUDO_BATCH = 64  # clips per generation batch when pseudo-labelling
+
+
+def teacher_fingerprint(teacher_dir: str | Path) -> str:
+    """A hash of the trained teacher's weights: which teacher wrote a pseudo-label file."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(Path(teacher_dir) / "model" / "model.safetensors", "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:24]
+
+
+def pseudo_labels_current(out_file: str | Path, teacher_dir: str | Path) -> bool:
+    """Whether `out_file` holds this teacher's answers (its stats name the teacher's hash).
+
+    A retrained teacher (another setting, or a deleted run directory) must not reuse the
+    answers of the one before it.
+    """
+    out_file = Path(out_file)
+    stats = out_file.with_suffix(".stats.json")
+    if not (out_file.is_file() and stats.is_file()):
+        return False
+    try:
+        written_by = json.loads(stats.read_text()).get("teacher")
+    except json.JSONDecodeError:
+        return False
+    return written_by == teacher_fingerprint(teacher_dir)
 
 
 def teacher_answers(

@@ -29,6 +29,7 @@ from distill.demo.stages import (
     is_done,
     make_recipe,
     pseudo_label,
+    pseudo_labels_current,
     teacher_group,
     teacher_recipe,
     train,
@@ -120,7 +121,7 @@ def add_pseudo_labels(world: World, timings: dict[str, float] | None = None, poo
         return world
     t = time.perf_counter()
     out = world.pseudo_file
-    fresh = not out.is_file()
+    fresh = not pseudo_labels_current(out, world.teacher_dir)
     world.pseudo = pseudo_label(world.cfg, world.teacher_dir, world.paths["unlabelled"], out,
                                 world.paths.get("features"), pool)  # fmt: skip
     if fresh and timings is not None:
