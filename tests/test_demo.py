@@ -158,9 +158,10 @@ def test_quickstart_notebook(tmp_path):
 def test_students_side_by_side_equal_one_at_a_time(tmp_path, monkeypatch):
     """`jobs` only changes the wall time: 2 at once give the runs of 1 at a time, bit for bit.
 
-    The world too: its stages (foundation parts, feature store, teacher beside the student
-    LM, evaluation beside pseudo-labels) overlap with 2 jobs and run in turn with 1. With 2
-    jobs the students run on the workers that built the world, as in `distill demo`.
+    The world too: its stages (foundation parts, feature store, evaluation beside
+    pseudo-labels) overlap with 2 jobs and run in turn with 1, and the teacher trains
+    data-parallel over 2 processes in both. With 2 jobs the students run on the workers that
+    built the world, as in `distill demo`.
     """
     from safetensors.torch import load_file
 
