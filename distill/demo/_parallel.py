@@ -81,8 +81,8 @@ class ProcessGroup:
     finishes hides the processes' start-up. `fn` must be module-level and `args`
     picklable; its effects (a trained run directory) are what the caller reads. When one
     process fails, the others are stopped (they would wait in a collective forever) and
-    RuntimeError says which one failed with which exit code; its traceback is on stderr.
-    Closing the group without `run` lets the processes exit.
+    RuntimeError says which one failed first, and with what error; its traceback is on
+    stderr. Closing the group without `run` lets the processes exit.
     """
 
     def __init__(self, processes: int, threads: int = 1):
@@ -137,7 +137,7 @@ class ProcessGroup:
         self.close()
         name = getattr(fn, "__name__", fn)
         if reports:
-            when, rank, error = min(reports)
+            _, rank, error = min(reports)
             others = [f"process {r}: {e}" for _, r, e in sorted(reports) if r != rank]
             cause = f"process {rank} of {self.processes} failed first: {error}"
             if others:
