@@ -209,7 +209,7 @@ def train_teacher(
     `group` (from `teacher_group`, started ahead) or on processes started here. With one,
     it trains here with `cfg.world_threads` threads.
     """
-    from distill.demo._parallel import ProcessGroup, pinned_threads
+    from distill.demo._parallel import data_parallel, pinned_threads
 
     n = cfg.teacher_processes
     recipe = teacher_recipe(cfg, paths, found, n)
@@ -223,8 +223,7 @@ def train_teacher(
           f"processes of {recipe.data.batch_size} clips)")  # fmt: skip
     t = time.perf_counter()
     if group is None:
-        with ProcessGroup(n, cfg.threads) as group:
-            group.run(_teacher_rank, (cfg, paths, found))
+        data_parallel(_teacher_rank, (cfg, paths, found), n, cfg.threads)
     else:
         group.run(_teacher_rank, (cfg, paths, found))
     if timings is not None:
