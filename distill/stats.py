@@ -277,6 +277,48 @@ def load_item_scores(run_dir_or_eval_dir: str | os.PathLike) -> dict[str, dict[s
     return tasks
 
 
+def load_answers(run_dir_or_eval_dir: str | os.PathLike) -> dict[str, dict[str, str]]:
+    """Each item's answer from a run's eval/predictions.jsonl: {task: {id: text}}.
+
+    Raises:
+        FileNotFoundError: no predictions.jsonl at the path.
+    """
+    from distill.eval.io import read_jsonl
+
+    path = _predictions_path(run_dir_or_eval_dir)
+    tasks: dict[str, dict[str, str]] = {}
+    for rec in read_jsonl(path):
+        text = rec.get("text")
+        tasks.setdefault(rec.get("task", "?"), {})[str(rec.get("testset_id"))] = (
+            "" if text is None else str(text)
+        )
+    return tasks
+
+
+def agreement(answers: Mapping[str, str], reference: Mapping[str, str]) -> tuple[float, int]:
+    """Fidelity (Stanton et al. 2021): the share of the items both sides answered whose
+    answers are the same words, and how many items were compared.
+
+    Answers are compared after WER's normalisation (`distill.eval.asr.normalize_for_wer`:
+    case, punctuation and spacing do not count), so "A dog barks." and "a dog barks" agree.
+    A distilled student that learned its teacher answers like it more often than one
+    trained on labels alone, whether or not the answers are right.
+
+    Raises:
+        ValueError: the two share no item.
+    """
+    from distill.eval.asr import normalize_for_wer
+
+    common = [i for i in answers if i in reference]
+    if not common:
+        raise ValueError(
+            f"no common items to compare ({len(answers)} answers against {len(reference)}; "
+            "were both evaluated on the same test set?)"
+        )
+    same = sum(normalize_for_wer(answers[i]) == normalize_for_wer(reference[i]) for i in common)
+    return same / len(common), len(common)
+
+
 def item_array(scores: Mapping[str, Mapping], metric: str, ids: Sequence[str] | None = None):
     """Per-item values of one metric as an array in `ids` order (default: `scores` order).
 

@@ -19,6 +19,9 @@ order, so seed i of an arm is paired with seed i of the baseline arm. For each q
   (`distill.stats.pooled_paired_bootstrap`) and its verdict; the mean gap closed; and
   "beats in k/n seeds".
 
+With a teacher, it also gives each arm's agreement with the teacher (fidelity, per task and
+seed): the share of test items answered word for word as the teacher did.
+
 It writes study.md, study.html (self-contained), study.png and study.json.
 """
 
@@ -130,6 +133,67 @@ def study_numbers(loaded: dict[str, list[Run]], baseline: str, teacher: Run | No
     return out
 
 
+def teacher_agreement(loaded: dict[str, list[Run]], teacher: Run | None) -> dict[str, dict]:
+    """Fidelity per task: {task: {arm: {"values": [% of items answered as the teacher did,
+    per seed], "mean", "std", "items"}}} (`stats.agreement`). Empty without a teacher or
+    its predictions; a run without predictions has None for its seed."""
+    if teacher is None:
+        return {}
+    try:
+        reference = stats.load_answers(teacher.path)
+    except FileNotFoundError:
+        return {}
+    answers = {}
+    for name, runs in loaded.items():
+        answers[name] = []
+        for r in runs:
+            try:
+                answers[name].append(stats.load_answers(r.path))
+            except FileNotFoundError:
+                answers[name].append({})
+    out: dict[str, dict] = {}
+    for task, ref in reference.items():
+        arms = {}
+        for name, per_seed in answers.items():
+            values, items = [], 0
+            for a in per_seed:
+                try:
+                    share, n = stats.agreement(a.get(task, {}), ref)
+                except ValueError:
+                    values.append(None)
+                    continue
+                values.append(100.0 * share)
+                items = max(items, n)
+            known = [v for v in values if v is not None]
+            mean, std = stats.mean_std(known) if known else (None, None)
+            arms[name] = {"values": values, "mean": mean, "std": std, "items": items}
+        out[task] = arms
+    return out
+
+
+AGREEMENT_NOTE = (
+    "Agreement with the teacher (fidelity): the share of test items, in %, whose answer is the "
+    "teacher's word for word (case and punctuation aside). It says how much of the teacher's "
+    "behaviour a student took on, right answers and wrong ones alike; it is a description, "
+    "not a quality claim, and has no CI."
+)
+
+
+def agreement_rows(agree: dict[str, dict], baseline: str) -> tuple[list[str], list[list[str]]]:
+    tasks = list(agree)
+    head = ["arm"] + [f"{t}: mean ± std" for t in tasks] + [f"{t}: per seed" for t in tasks]
+    names = list(dict.fromkeys(n for arms in agree.values() for n in arms))  # the arms' order
+    names.sort(key=lambda n: n != baseline)
+    rows = []
+    for name in names:
+        cells = [f"{name} (CE-only)" if name == baseline else name]
+        cells += [_pm(agree[t][name]) if name in agree[t] else "n/a" for t in tasks]
+        cells += [", ".join(_fmt(v) for v in agree[t][name]["values"]) if name in agree[t]
+                  else "n/a" for t in tasks]  # fmt: skip
+        rows.append(cells)
+    return head, rows
+
+
 # ---- writing ---------------------------------------------------------------------------------
 
 
@@ -197,6 +261,9 @@ def render_markdown(title: str, setting: str, numbers: list[dict], baseline: str
         lines += _md_table(SUMMARY_HEAD, summary_rows(m, baseline))
         lines += ["Per seed, against the CE-only arm's same seed:", ""]
         lines += _md_table(SEED_HEAD, seed_rows(m, baseline))
+    if meta.get("teacher_agreement"):
+        lines += ["## Agreement with the teacher", "", AGREEMENT_NOTE, ""]
+        lines += _md_table(*agreement_rows(meta["teacher_agreement"], baseline))
     lines += ["![study](study.png)", ""]
     return "\n".join(lines)
 
@@ -226,6 +293,9 @@ def render_html(title: str, setting: str, numbers: list[dict], baseline: str, me
         parts.append(f"<h2>{escape(m['label'])} ({m['better']} is better{escape(t)})</h2>")
         parts.append(_html_table(SUMMARY_HEAD, summary_rows(m, baseline), f"summary-{i}"))
         parts.append(_html_table(SEED_HEAD, seed_rows(m, baseline), f"seeds-{i}"))
+    if meta.get("teacher_agreement"):
+        parts.append(f"<h2>Agreement with the teacher</h2><p>{escape(AGREEMENT_NOTE)}</p>")
+        parts.append(_html_table(*agreement_rows(meta["teacher_agreement"], baseline), "agreement"))
     if png.is_file():
         data = base64.b64encode(png.read_bytes()).decode("ascii")
         parts.append(f'<img alt="study" src="data:image/png;base64,{data}">')
@@ -308,6 +378,7 @@ def write_study_report(
         "arms": {name: [str(r.path) for r in runs] for name, runs in loaded.items()},
         "seeds": [r.metrics.get("seed") for r in loaded[baseline]],
         "bootstrap": dict(_BOOTSTRAP, method="paired percentile bootstrap over test items"),
+        "teacher_agreement": teacher_agreement(loaded, t_run),
     }
     png = plot_study(numbers, baseline, out / "study.png")
     (out / "study.json").write_text(json.dumps({**meta, "metrics": numbers}, indent=2) + "\n")

@@ -141,3 +141,44 @@ def test_mismatched_arms_raise(tmp_path):
                            teacher=None, title="t")  # fmt: skip
     with pytest.raises(ValueError, match="baseline arm 'nope'"):
         write_study_report({"ce": runs}, tmp_path / "o", baseline="nope", teacher=None, title="t")
+
+
+def test_agreement_counts_same_words_and_needs_common_items():
+    a = {"1": "A dog barks.", "2": "a cat", "3": "rain", "4": "x"}
+    t = {"1": "a dog  barks", "2": "a bird", "3": "Rain!", "5": "y"}
+    assert stats.agreement(a, t) == (pytest.approx(2 / 3), 3)  # items 1 and 3 of 1, 2, 3
+    with pytest.raises(ValueError, match="no common items"):
+        stats.agreement({"9": "x"}, t)
+
+
+def test_study_reports_each_arms_agreement_with_the_teacher(tmp_path):
+    def answers(run: Path, texts: dict[str, str]) -> None:
+        rows = [json.loads(line) for line in (run / "eval" / "predictions.jsonl").open()]
+        for r in rows:
+            r["text"] = texts.get(r["testset_id"], r["text"])
+        (run / "eval" / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    teacher = make_run(tmp_path, "teacher", 0)
+    answers(teacher, {f"c{i:02d}": f"sound {i}" for i in range(10)})
+    arms = {arm: [make_run(tmp_path, arm, s) for s in range(3)] for arm in ("ce", "kd")}
+    for s, run in enumerate(arms["kd"]):  # kd says the teacher's caption for 5 + s clips
+        answers(run, {f"c{i:02d}": f"Sound {i}." for i in range(5 + s)})
+    # ce's answer "x" is the teacher's on every ASR item, on no caption
+    out = write_study_report({k: [str(r) for r in v] for k, v in arms.items()}, tmp_path / "o",
+                             baseline="ce", teacher=str(teacher), title="t")  # fmt: skip
+    agree = json.loads((out / "study.json").read_text())["teacher_agreement"]
+    assert agree["asr"]["ce"]["values"] == pytest.approx([100.0] * 3)
+    assert agree["audiocaption_v2"]["ce"]["values"] == pytest.approx([0.0] * 3)
+    kd = agree["audiocaption_v2"]["kd"]
+    assert kd["values"] == pytest.approx([50.0, 60.0, 70.0]) and kd["items"] == 10
+    assert (kd["mean"], kd["std"]) == pytest.approx((60.0, 10.0))
+    md = (out / "study.md").read_text()
+    assert "## Agreement with the teacher" in md
+    assert "| ce (CE-only) | 100 ± 0 | 0 ± 0 | 100, 100, 100 | 0, 0, 0 |" in md
+    assert "| kd | 100 ± 0 | 60 ± 10 | 100, 100, 100 | 50, 60, 70 |" in md
+    assert 'id="agreement"' in (out / "study.html").read_text()
+    # without a teacher there is nothing to agree with
+    out = write_study_report({k: [str(r) for r in v] for k, v in arms.items()}, tmp_path / "n",
+                             baseline="ce", teacher=None, title="t")  # fmt: skip
+    assert json.loads((out / "study.json").read_text())["teacher_agreement"] == {}
+    assert "Agreement with the teacher" not in (out / "study.md").read_text()
