@@ -80,7 +80,10 @@ class OptimConfig:
     grad_accum: int = 1  # micro-batches per optimizer step
     clip_grad_norm: float | None = 1.0  # None disables clipping
     mixed_precision: str = "no"  # "no" | "bf16" | "fp16", passed to accelerate
-    lr_multipliers: dict[str, float] = field(default_factory=dict)  # name prefix -> lr multiplier
+    # parameter-name prefix -> lr multiplier, the longest matching prefix winning; names are
+    # `student.<name>` and `loss.<name>` (e.g. {"student.speech_Qformer": 2.0}); a prefix
+    # that names no trainable parameter is an error
+    lr_multipliers: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)

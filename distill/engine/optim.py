@@ -33,18 +33,49 @@ def param_groups(
         lr: base learning rate.
         weight_decay: decay for matrices; 1-D/bias/norm parameters get 0.
         lr_multipliers: name prefix -> multiplier of `lr`; the longest matching prefix wins.
+            The trainer names parameters `student.<name>` and `loss.<name>` (for example
+            `student.speech_Qformer` or `student.llama_model`).
 
     Returns:
         AdamW parameter groups, each with "name", "params", "lr" and "weight_decay".
+
+    Raises:
+        ValueError: a multiplier prefix that names no trainable parameter (a typo, or a
+            name without its `student.` prefix, would otherwise change nothing, silently).
     """
     lr_multipliers = dict(lr_multipliers or {})
     buckets: dict[tuple[float, bool], list] = {}
+    used: set[str] = set()
+    frozen: set[str] = set()
+    shadowed: set[str] = set()  # matched a trainable parameter (maybe only under a longer one)
+    trainable: list[str] = []
     for name, param in named:
         if not param.requires_grad:
+            frozen.update(p for p in lr_multipliers if name.startswith(p))
             continue
+        trainable.append(name)
         matches = [p for p in lr_multipliers if name.startswith(p)]
+        shadowed.update(matches)
+        if matches:
+            used.add(max(matches, key=len))
         mult = lr_multipliers[max(matches, key=len)] if matches else 1.0
         buckets.setdefault((mult, no_decay(name, param)), []).append(param)
+    unused = [p for p in lr_multipliers if p not in used]
+    if unused:
+        tops = list(dict.fromkeys(".".join(n.split(".")[:2]) for n in trainable))
+        why = {
+            p: "is overridden by a longer prefix on every parameter it names" if p in shadowed
+            else "names only frozen parameters" if p in frozen
+            else "names no parameter"
+            for p in unused
+        }  # fmt: skip
+        raise ValueError(
+            "optim.lr_multipliers: "
+            + "; ".join(f"{p!r} {w}" for p, w in why.items())
+            + ". Trainable parameters start with: "
+            + ", ".join(tops[:12])
+            + (" ..." if len(tops) > 12 else "")
+        )
     groups = []
     for (mult, nd), params in sorted(buckets.items(), key=lambda kv: (kv[0][0], kv[0][1])):
         groups.append(
