@@ -45,3 +45,30 @@ def test_an_inheriting_arm_needs_a_student_qformer_as_wide_as_the_teachers(tmp_p
     monkeypatch.setattr(w, "audio_llm_config", widths_only)
     with pytest.raises(ConfigError, match=r"student_qformer = teacher_qformer \(128\), got 64"):
         student_recipe(world, "seqkd_inherit", 0)
+
+
+def test_an_out_dir_built_with_other_settings_is_refused_before_anything_is_reused(tmp_path):
+    import json
+    from dataclasses import replace
+
+    from distill._instantiate import ConfigError
+    from distill.demo.config import DemoConfig
+    from distill.demo.world import SETTINGS_FILE, check_settings
+
+    cfg = DemoConfig.quick(out_dir=str(tmp_path / "out"), progress=False)
+    check_settings(cfg)  # the first run stamps the directory
+    stamp = tmp_path / "out" / SETTINGS_FILE
+    stored = json.loads(stamp.read_text())
+    assert stored["student_steps"] == cfg.student_steps and "out_dir" not in stored
+    # what the numbers do not depend on, or what has directories of its own, may change
+    check_settings(replace(cfg, progress=True, jobs=1, student_seeds=(0, 1, 2),
+                           student_label_fraction=1.0))  # fmt: skip
+    with pytest.raises(ConfigError) as err:
+        check_settings(replace(cfg, student_steps=cfg.student_steps + 1, teacher_processes=1))
+    message = str(err.value)
+    assert str(stamp) in message and "--fresh" in message
+    assert f"student_steps: {cfg.student_steps} -> {cfg.student_steps + 1}" in message
+    assert "teacher_processes: 2 -> 1" in message
+    with pytest.raises(ConfigError, match="n_speech"):
+        check_settings(DemoConfig(out_dir=str(tmp_path / "out")))  # full-size over --quick
+    assert json.loads(stamp.read_text()) == stored  # a refused run changes nothing

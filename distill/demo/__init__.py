@@ -114,7 +114,10 @@ def summarize(world, study_json: Path, timings: dict) -> dict:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--out", default="distill_demo", help="output directory (reused if it exists)"
+        "--out",
+        default="distill_demo",
+        help="output directory: finished stages are reused; one built with other settings "
+        "is refused (see --fresh)",
     )
     parser.add_argument(
         "--seed", type=int, default=0, help="world seed: corpus, foundation, teacher"

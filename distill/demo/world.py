@@ -60,11 +60,54 @@ class World:
         return Path(self.cfg.out_dir) / "students" / f"labels-{self.cfg.student_label_fraction:g}"
 
 
+# DemoConfig fields a world's numbers do not depend on (or that have their own directories):
+# where it goes, progress bars, how many runs go side by side, which student seeds run and
+# the label fraction (students/labels-<f>/, data/labels-<f>/)
+UNSTAMPED = ("out_dir", "progress", "jobs", "student_seeds", "student_label_fraction")
+SETTINGS_FILE = "settings.json"
+
+
+def check_settings(cfg: DemoConfig) -> None:
+    """Refuse to reuse an output directory built with other settings.
+
+    Finished stages are reused by their files, so `--student-steps 800` over a directory of
+    500-step runs would report those runs as 800-step ones. The first run writes
+    `<out>/settings.json` (every `DemoConfig` field but `UNSTAMPED`); a later run whose
+    settings differ stops here, naming each field, before it touches anything.
+
+    Raises:
+        ConfigError: naming the file, the fields that differ (stored -> asked) and what to do.
+    """
+    from dataclasses import asdict
+
+    out = Path(cfg.out_dir)
+    file = out / SETTINGS_FILE
+    asked = json.loads(json.dumps({k: v for k, v in asdict(cfg).items() if k not in UNSTAMPED}))
+    if file.is_file():
+        try:
+            stored = json.loads(file.read_text())
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{file}: not JSON ({err}); delete it or use another --out") from err
+        changed = {k: (stored.get(k, "(absent)"), asked.get(k, "(absent)"))
+                   for k in sorted(set(stored) | set(asked)) if stored.get(k) != asked.get(k)}  # fmt: skip
+        if changed:
+            what = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
+            raise ConfigError(
+                f"{out} was built with other settings ({file}): {what}. Its finished stages "
+                "would be reused as if made with the new ones. Use another --out, or --fresh "
+                "to delete this one and redo every stage."
+            )
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    file.write_text(json.dumps(asked, indent=1, sort_keys=True) + "\n")
+
+
 def prepare(cfg: DemoConfig, timings: dict[str, float] | None = None) -> World:
     """Corpus, tokenizers, label split and foundation models (pretrained and saved)."""
     from distill.demo._parallel import pinned_threads
 
     timings = {} if timings is None else timings
+    check_settings(cfg)
     t = time.perf_counter()
     paths = make_data(cfg)
     timings["data_s"] = round(time.perf_counter() - t, 1)
@@ -147,6 +190,7 @@ def build_world(cfg: DemoConfig, timings: dict[str, float], pool=None) -> World:
     from distill.demo._parallel import executor, pinned_threads
     from distill.demo.foundation import _pretrain_part, foundation_dirs
 
+    check_settings(cfg)
     t = time.perf_counter()
     paths = make_data(cfg)
     timings["data_s"] = round(time.perf_counter() - t, 1)
@@ -329,6 +373,7 @@ def _evaluate_valid(world: World, recipe, role: str, timings: dict) -> Path:
 __all__ = [
     "World",
     "add_pseudo_labels",
+    "check_settings",
     "build_world",
     "is_done",
     "prepare",
