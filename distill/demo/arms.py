@@ -90,7 +90,8 @@ STUDY_ARMS = ("ce_only", *SEED_ATTEMPTS, "seqkd", "seqkd_contrastive")
 # pseudo-labels x2 ties on CIDEr-D and loses on WER; half of the ASR pseudo-labels per epoch
 # (CIDEr-D +0.258 [+0.135, +0.391]) and a cosine floor of 0.3 (+0.121 [+0.037, +0.210]) beat
 # on CIDEr-D and lose on WER (+1.47 and +1.05); lr 1e-2 diverges, as does LoRA alone at
-# 2 x the lr, and the Q-Former side at 2 x ties on both; 800 steps beat on CIDEr-D
+# 2 x the lr, and the Q-Former side at 2 x ties on both; LoRA rank 16 loses on WER (alpha
+# 32: one seed at 16.8 %; alpha 64: 13 to 55 %); 800 steps beat on CIDEr-D
 # (+0.257 [+0.133, +0.396]) and tie on WER, but cost 60 % more student time than the demo's
 # and the study's budgets hold (against CE-only at 800 steps: 13 48 71 % of the CIDEr-D gap).
 # The seed-0 student gives back 139 of 300 of the caption pseudo-labels it trained on: it
