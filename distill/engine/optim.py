@@ -45,26 +45,27 @@ def param_groups(
     """
     lr_multipliers = dict(lr_multipliers or {})
     buckets: dict[tuple[float, bool], list] = {}
-    used: set[str] = set()
+    used: set[str] = set()  # the prefixes that set some trainable parameter's lr
+    matched: set[str] = set()  # ... or matched one, maybe under a longer prefix
     frozen: set[str] = set()
-    shadowed: set[str] = set()  # matched a trainable parameter (maybe only under a longer one)
     trainable: list[str] = []
     for name, param in named:
+        matches = [p for p in lr_multipliers if name.startswith(p)]
         if not param.requires_grad:
-            frozen.update(p for p in lr_multipliers if name.startswith(p))
+            frozen.update(matches)
             continue
         trainable.append(name)
-        matches = [p for p in lr_multipliers if name.startswith(p)]
-        shadowed.update(matches)
-        if matches:
-            used.add(max(matches, key=len))
-        mult = lr_multipliers[max(matches, key=len)] if matches else 1.0
+        matched.update(matches)
+        best = max(matches, key=len) if matches else None
+        if best is not None:
+            used.add(best)
+        mult = 1.0 if best is None else lr_multipliers[best]
         buckets.setdefault((mult, no_decay(name, param)), []).append(param)
     unused = [p for p in lr_multipliers if p not in used]
     if unused:
         tops = list(dict.fromkeys(".".join(n.split(".")[:2]) for n in trainable))
         why = {
-            p: "is overridden by a longer prefix on every parameter it names" if p in shadowed
+            p: "is overridden by a longer prefix on every parameter it names" if p in matched
             else "names only frozen parameters" if p in frozen
             else "names no parameter"
             for p in unused
